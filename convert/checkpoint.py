@@ -1,0 +1,245 @@
+"""Convert a diffusers-layout checkpoint (or TAESD files, or an MLX checkpoint) to MLX.
+
+Layout written to DST:
+    musicviz.json                 the record: format, version, source, revision, dtype, library version
+    <component>/config.json       the source config (+ `_class_name`)
+    <component>/model.safetensors MLX layout (NHWC kernels), metadata: format, component, dtype
+    tokenizer/, scheduler/        copied
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+
+from .. import __version__
+from ..errors import MusicvizError
+from ..models import AutoencoderTiny, TinyVAEConfig, build_model, class_name_of
+from ..models.configs import read_json
+from ..weights import (
+    PICKLE_SUFFIXES,
+    check_weights,
+    load_into,
+    load_safetensors,
+    replace_dir,
+    save_safetensors,
+    write_json,
+)
+from . import keymaps
+from .hub import resolve_source
+
+FORMAT_NAME = "mlx-musicviz"
+FORMAT_VERSION = 1
+RECORD_NAME = "musicviz.json"
+WEIGHTS_NAME = "model.safetensors"
+# Pipeline components: the three the one-step pipeline needs, and the optional large VAE.
+COMPONENTS = ("text_encoder", "unet", "vae", "vae_large")
+REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")
+KEY_FUNCTIONS = {
+    "CLIPTextModel": keymaps.text_encoder_key,
+    "UNet2DConditionModel": keymaps.unet_key,
+    "AutoencoderTiny": keymaps.tiny_vae_key,
+    "AutoencoderKL": keymaps.kl_vae_key,
+}
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def read_record(folder: Path) -> dict | None:
+    """The conversion record of an MLX checkpoint folder, or None for other folders."""
+    path = Path(folder) / RECORD_NAME
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if record.get("format") != FORMAT_NAME:
+        raise MusicvizError(f"{path} is not an {FORMAT_NAME} record")
+    if int(record.get("version", 0)) > FORMAT_VERSION:
+        raise MusicvizError(f"{path} was written by a newer mlx-musicviz (format {record['version']}); upgrade")
+    return record
+
+
+def find_weight_files(folder: Path) -> list[Path]:
+    """The safetensors file(s) of one component folder; pickles are refused."""
+    for stem in ("model", "diffusion_pytorch_model"):
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.exists():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            return [folder / s for s in shards]
+        for variant in ("", ".fp16"):
+            path = folder / f"{stem}{variant}.safetensors"
+            if path.exists():
+                return [path]
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return found
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+    if pickles:
+        raise MusicvizError(
+            f"refusing pickle file {pickles[0]}: pickle can run arbitrary code; use the checkpoint's "
+            ".safetensors weights (or convert them to safetensors first)"
+        )
+    if len(found) > 1:
+        raise MusicvizError(f"{folder} holds several .safetensors files and no index; cannot tell which to use")
+    raise MusicvizError(f"no weights in {folder} (expected model.safetensors or diffusion_pytorch_model.safetensors)")
+
+
+def _read_weights(files: list[Path]) -> dict[str, mx.array]:
+    weights: dict[str, mx.array] = {}
+    for f in files:
+        arrays, _ = load_safetensors(f)
+        weights.update(arrays)
+    return weights
+
+
+def _cast(weights: dict[str, mx.array], dtype) -> dict[str, mx.array]:
+    if dtype is None:
+        return weights
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+
+
+def convert_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.array]]:
+    """(config, MLX weights) of one diffusers/transformers component folder, checked against its config."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    name = class_name_of(config, str(folder / "config.json"))
+    config = {**config, "_class_name": name}
+    files = find_weight_files(folder)
+    weights = keymaps.map_state_dict(_read_weights(files), KEY_FUNCTIONS[name])
+    check_weights(build_model(config, str(folder / "config.json")), weights, str(files[0]))
+    return config, _cast(weights, dtype)
+
+
+def load_converted_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.array]]:
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    weights, _ = load_safetensors(folder / WEIGHTS_NAME)
+    return config, _cast(weights, dtype)
+
+
+def convert_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "auto",
+    revision: str | None = None,
+    components: tuple[str, ...] | None = None,
+) -> Path:
+    """Convert `src` (diffusers folder, hub repo id, or MLX checkpoint) into the MLX checkpoint `dst`.
+
+    dtype: "auto" keeps the source's floating dtype; "float32" / "float16" / "bfloat16" cast.
+    components: the subset to write (default: every component present).
+    Nothing is left at `dst` if conversion fails.
+    """
+    if dtype != "auto" and dtype not in DTYPES:
+        raise MusicvizError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
+    cast = None if dtype == "auto" else DTYPES[dtype]
+    folder, origin = resolve_source(src, revision)
+    record_in = read_record(folder)
+    dst = Path(dst)
+    if dst.resolve() == folder.resolve():
+        raise MusicvizError("the destination is the source folder; choose another")
+    if dst.exists() and not dst.is_dir():
+        raise MusicvizError(f"{dst} exists and is not a folder")
+    if dst.exists() and any(dst.iterdir()) and read_record(dst) is None:
+        raise MusicvizError(f"{dst} is a non-empty folder that is not an mlx-musicviz checkpoint; refusing to replace it")
+    for required in REQUIRED:
+        if not (folder / required).is_dir():
+            raise MusicvizError(f"{folder} has no {required}/ folder: not a complete diffusers checkpoint")
+    wanted = [c for c in COMPONENTS if (folder / c).is_dir() and (components is None or c in components)]
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    try:
+        dtypes = {}
+        for name in wanted:
+            if record_in is not None:
+                config, weights = load_converted_component(folder / name, cast)
+            else:
+                config, weights = convert_component(folder / name, cast)
+            dtypes[name] = str(next(iter(weights.values())).dtype).replace("mlx.core.", "")
+            write_json(tmp / name / "config.json", config)
+            save_safetensors(
+                tmp / name / WEIGHTS_NAME,
+                weights,
+                {"format": FORMAT_NAME, "component": name, "dtype": dtypes[name], "library_version": __version__},
+            )
+        shutil.copytree(folder / "tokenizer", tmp / "tokenizer")
+        if (folder / "scheduler").is_dir():
+            shutil.copytree(folder / "scheduler", tmp / "scheduler")
+        record = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "library_version": __version__,
+            "source": (record_in or {}).get("source", origin["source"]),
+            "revision": (record_in or {}).get("revision", origin["revision"]),
+            "components": dtypes,
+        }
+        write_json(tmp / RECORD_NAME, record)
+        replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+# -- TAESD files --------------------------------------------------------------------------
+
+
+def _taesd_pair(path: Path) -> tuple[Path | None, Path | None]:
+    if path.is_dir():
+        enc = sorted(path.glob("*encoder*.safetensors"))
+        dec = sorted(path.glob("*decoder*.safetensors"))
+        if not enc and not dec:
+            raise MusicvizError(f"{path} holds no *_encoder/*_decoder .safetensors files")
+        return (enc[0] if enc else None), (dec[0] if dec else None)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise MusicvizError(f"refusing pickle file {path}: use the .safetensors TAESD weights")
+    if "decoder" in path.name:
+        sibling = path.with_name(path.name.replace("decoder", "encoder"))
+        return (sibling if sibling.exists() else None), path
+    if "encoder" in path.name:
+        sibling = path.with_name(path.name.replace("encoder", "decoder"))
+        return path, (sibling if sibling.exists() else None)
+    raise MusicvizError(f"cannot tell whether {path} is a TAESD encoder or decoder (name it *_encoder / *_decoder)")
+
+
+def taesd_config(encoder: dict | None, decoder: dict | None) -> TinyVAEConfig:
+    """Infer latent channels and the FLUX.2 mid-block variant from TAESD weights (torch layout)."""
+    if decoder is not None:
+        latent = decoder["1.weight"].shape[1]
+        gn = len({k.split(".")[0] for k in decoder if ".pool." in k})
+    else:
+        last = max(int(k.split(".")[0]) for k in encoder)
+        latent = encoder[f"{last}.weight"].shape[0]
+        gn = len({k.split(".")[0] for k in encoder if ".pool." in k})
+    return TinyVAEConfig(latent_channels=latent, midblock_gn_blocks=gn)
+
+
+def load_tiny_autoencoder(path: str | Path, dtype=mx.float32) -> AutoencoderTiny:
+    """AutoencoderTiny from a diffusers `vae/` folder, a converted MLX component folder, or TAESD files."""
+    path = Path(path)
+    if not path.exists():
+        raise MusicvizError(f"not found: {path}")
+    if path.is_dir() and (path / "config.json").exists():
+        if (path / WEIGHTS_NAME).exists() and read_json(path / "config.json").get("_class_name") and (
+            load_safetensors(path / WEIGHTS_NAME)[1].get("format") == FORMAT_NAME
+        ):
+            config, weights = load_converted_component(path)
+        else:
+            config, weights = convert_component(path)
+        if class_name_of(config) != "AutoencoderTiny":
+            raise MusicvizError(f"{path} holds a {class_name_of(config)}, not an AutoencoderTiny")
+        return load_into(build_model(config), weights, str(path), dtype)
+    enc_path, dec_path = _taesd_pair(path)
+    parts = {}
+    for part, file in (("encoder", enc_path), ("decoder", dec_path)):
+        if file is not None:
+            parts[part] = load_safetensors(file)[0]
+    config = taesd_config(parts.get("encoder"), parts.get("decoder"))
+    model = AutoencoderTiny(config, encoder="encoder" in parts, decoder="decoder" in parts)
+    weights = {}
+    for part, state in parts.items():
+        weights.update({keymaps.taesd_key(k, part): keymaps.torch_conv_to_mlx(v) for k, v in state.items()})
+    return load_into(model, weights, str(enc_path or dec_path), dtype)

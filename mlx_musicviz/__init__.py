@@ -1,0 +1,29 @@
+"""mlx-musicviz: music videos from a song and a prompt with SDXS (one-step diffusion) in MLX."""
+
+from ._blas import preload_blas
+
+# Must happen before anything imports mlx: see _blas.py.
+preload_blas()
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_pipeline": ".pipeline",
+    "Pipeline": ".pipeline",
+    "MusicvizError": ".errors",
+    "analyze": ".audio",
+    "AudioFeatures": ".audio",
+    "render": ".render",
+    "RenderResult": ".render",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'mlx_musicviz' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

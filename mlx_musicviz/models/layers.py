@@ -1,0 +1,123 @@
+"""Building blocks shared by the UNet, the VAEs and the text encoder (NHWC, diffusers names)."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
+    """Nearest-neighbour upsampling of an NHWC tensor by an integer factor."""
+    b, h, w, c = x.shape
+    x = mx.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+    return x.reshape(b, h * factor, w * factor, c)
+
+
+def group_norm(groups: int, channels: int, eps: float, affine: bool = True) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=eps, affine=affine, pytorch_compatible=True)
+
+
+def timestep_embedding(
+    timesteps: mx.array, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0, max_period: float = 10000.0
+) -> mx.array:
+    """Sinusoidal embedding of diffusion timesteps, shape (N,) -> (N, dim), as diffusers computes it."""
+    half = dim // 2
+    exponent = -math.log(max_period) * mx.arange(half, dtype=mx.float32) / (half - freq_shift)
+    args = timesteps.astype(mx.float32)[:, None] * mx.exp(exponent)[None, :]
+    sin, cos = mx.sin(args), mx.cos(args)
+    emb = mx.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2:
+        emb = mx.pad(emb, [(0, 0), (0, 1)])
+    return emb
+
+
+class Attention(nn.Module):
+    """Multi-head attention with diffusers' parameter names (to_q, to_k, to_v, to_out.0)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        self.to_q = nn.Linear(query_dim, inner, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim, inner, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim, inner, bias=qkv_bias)
+        self.to_out = [nn.Linear(inner, query_dim)]
+
+    def __call__(self, x: mx.array, context: mx.array | None = None, mask: mx.array | None = None) -> mx.array:
+        context = x if context is None else context
+        b, n, _ = x.shape
+        m = context.shape[1]
+        q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
+        k = self.to_k(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
+        v = self.to_v(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        return self.to_out[0](out)
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' ResnetBlock2D: GroupNorm-SiLU-conv twice, optional time embedding, 1x1 shortcut."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int | None,
+        groups: int = 32,
+        eps: float = 1e-5,
+        output_scale_factor: float = 1.0,
+    ):
+        super().__init__()
+        self.norm1 = group_norm(groups, in_channels, eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        if temb_channels is not None:
+            self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = group_norm(groups, out_channels, eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+        self.output_scale_factor = output_scale_factor
+
+    def __call__(self, x: mx.array, temb: mx.array | None = None) -> mx.array:
+        h = self.conv1(nn.silu(self.norm1(x)))
+        if temb is not None:
+            h = h + self.time_emb_proj(nn.silu(temb))[:, None, None, :]
+        h = self.conv2(nn.silu(self.norm2(h)))
+        if "conv_shortcut" in self:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+class Downsample2D(nn.Module):
+    def __init__(self, channels: int, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.padding == 0:
+            x = mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.conv(upsample_nearest(x, 2))

@@ -1,0 +1,141 @@
+"""The one-step SDXS pipeline in MLX: tokenizer -> text encoder -> UNet (t=999) -> VAE decode.
+
+`load_pipeline` accepts an MLX checkpoint folder, a diffusers folder or a hub repo id; the latter
+two are converted once into the cache (`$MLX_MUSICVIZ_CACHE`, default ~/.cache/mlx-musicviz).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import mlx.core as mx
+
+from .convert import convert_checkpoint, read_record, resolve_source
+from .convert.checkpoint import WEIGHTS_NAME
+from .errors import MusicvizError
+from .models import CLIPTokenizer, SchedulerConfig, build_model
+from .models.configs import read_json
+from .scheduler import OneStepScheduler
+from .weights import load_into, load_safetensors
+
+DEFAULT_MODEL = "IDKiro/sdxs-512-0.9"
+VAE_CHOICES = ("tiny", "large")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MLX_MUSICVIZ_CACHE") or Path.home() / ".cache" / "mlx-musicviz")
+
+
+def resolve_model(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
+    """Folder of an MLX checkpoint for `path_or_repo`, converting (once, cached) if needed."""
+    folder, origin = resolve_source(path_or_repo, revision)
+    if read_record(folder) is not None:
+        return folder
+    key = f"{origin['source']}@{origin['revision']}"
+    if origin["revision"] is None:  # a local folder: re-convert when its weights change
+        stamps = sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*.safetensors"))
+        key += repr(stamps)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(origin["source"]).strip("/"))[-60:]
+    target = cache_root() / "converted" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if read_record(target) is None:
+        convert_checkpoint(folder, target, revision=revision)
+    return target
+
+
+class Pipeline:
+    """One-step text-to-image with diffusers' component names.
+
+    Latents are NHWC (N, H/8, W/8, C). Images are uint8 NHWC (N, H, W, 3).
+    """
+
+    def __init__(self, folder: Path, dtype=mx.float32):
+        self.folder = Path(folder)
+        self.dtype = dtype
+        self.record = read_record(self.folder) or {}
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
+        self.text_encoder = self._load("text_encoder")
+        self.unet = self._load("unet")
+        self.vae = self._load("vae")
+        self._vae_large = None
+        sched = self.folder / "scheduler" / "scheduler_config.json"
+        self.scheduler = OneStepScheduler.from_config(
+            SchedulerConfig.from_json(sched) if sched.exists() else SchedulerConfig()
+        )
+        # The timestep never changes: embed it once (batch 1 broadcasts over any batch).
+        self._temb = self.unet.time_embed(self.scheduler.timestep)
+        mx.eval(self._temb)
+
+    def _load(self, name: str):
+        folder = self.folder / name
+        if not folder.is_dir():
+            raise MusicvizError(f"model {self.folder} is incomplete: no {name}/ folder")
+        config = read_json(folder / "config.json")
+        module = build_model(config, str(folder / "config.json"))
+        weights, _ = load_safetensors(folder / WEIGHTS_NAME)
+        return load_into(module, weights, str(folder / WEIGHTS_NAME), self.dtype)
+
+    @property
+    def vae_large(self):
+        if self._vae_large is None:
+            if not (self.folder / "vae_large").is_dir():
+                raise MusicvizError(f"model {self.folder} has no vae_large/ (the large VAE)")
+            self._vae_large = self._load("vae_large")
+        return self._vae_large
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 8
+
+    def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+        s = self.vae_scale_factor * 8  # the UNet halves the latents twice or thrice
+        if height % s or width % s or height <= 0 or width <= 0:
+            raise MusicvizError(f"image size {width}x{height} is not supported: use multiples of {s}")
+        return (batch, height // self.vae_scale_factor, width // self.vae_scale_factor, self.latent_channels)
+
+    def tokenize(self, prompts: list[str]) -> mx.array:
+        return mx.array(self.tokenizer(list(prompts)), dtype=mx.int32)
+
+    def encode_prompt(self, prompts: str | list[str]) -> mx.array:
+        """Text embeddings (N, 77, D): the text encoder's last hidden state."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return self.text_encoder(self.tokenize(prompts)).last_hidden_state
+
+    def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
+        """One UNet call at the scheduler's timestep and the scheduler's step."""
+        latents = latents.astype(self.dtype)
+        noise = self.unet(latents, None, prompt_embeds.astype(self.dtype), temb=self._temb)
+        return self.scheduler.step(noise, latents)
+
+    def decode(self, latents: mx.array, vae: str = "tiny") -> mx.array:
+        """Latents -> uint8 images, as diffusers' pipeline post-processes them."""
+        if vae not in VAE_CHOICES:
+            raise MusicvizError(f"vae must be one of {VAE_CHOICES}, not {vae!r}")
+        model = self.vae if vae == "tiny" else self.vae_large
+        images = model.decode(latents / model.config.scaling_factor)
+        return to_uint8(images)
+
+    def generate(self, latents: mx.array, prompt_embeds: mx.array, vae: str = "tiny") -> mx.array:
+        """Initial noise latents (N, h, w, C) and embeddings (N or 1, 77, D) -> uint8 (N, 8h, 8w, 3)."""
+        if prompt_embeds.shape[0] not in (1, latents.shape[0]):
+            raise MusicvizError("prompt_embeds must have batch 1 or the latents' batch")
+        if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
+            prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
+        return self.decode(self.denoise(latents, prompt_embeds), vae)
+
+
+def to_uint8(images: mx.array) -> mx.array:
+    """[-1, 1] floats -> uint8 with diffusers' rounding."""
+    return mx.round(mx.clip(images.astype(mx.float32) / 2 + 0.5, 0, 1) * 255).astype(mx.uint8)
+
+
+def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None) -> Pipeline:
+    """Load an MLX checkpoint, a diffusers folder or a hub repo id (converted once and cached)."""
+    return Pipeline(resolve_model(path_or_repo, revision), dtype=dtype)

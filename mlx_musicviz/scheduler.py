@@ -1,0 +1,72 @@
+"""The one-step sampler: what diffusers' StableDiffusionPipeline does with num_inference_steps=1.
+
+For SDXS (PNDM config, epsilon prediction, trailing spacing) the UNet runs once at t = 999 and
+the scheduler takes the DDIM step to ᾱ_prev = alphas_cumprod[0] (set_alpha_to_one: false):
+    x0 = (z - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t);   latents = sqrt(ᾱ_prev) x0 + sqrt(1 - ᾱ_prev) ε
+PNDM's first PLMS step and DDIM's step are the same formula, so one function serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import MusicvizError
+from .models.configs import SchedulerConfig
+
+
+def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
+    """ᾱ_t for t = 0..T-1 in float32, as diffusers computes them."""
+    n = config.num_train_timesteps
+    if config.trained_betas is not None:
+        betas = np.asarray(config.trained_betas, dtype=np.float32)
+    elif config.beta_schedule == "scaled_linear":
+        betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, n, dtype=np.float32) ** 2
+    elif config.beta_schedule == "linear":
+        betas = np.linspace(config.beta_start, config.beta_end, n, dtype=np.float32)
+    else:
+        raise MusicvizError(f"scheduler: beta_schedule {config.beta_schedule!r} is not supported")
+    return np.cumprod(1.0 - betas, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class OneStepScheduler:
+    timestep: int
+    alpha_t: float  # ᾱ at the UNet's timestep
+    alpha_prev: float  # ᾱ the step lands on
+    prediction_type: str
+
+    @classmethod
+    def from_config(cls, config: SchedulerConfig) -> "OneStepScheduler":
+        ac = alphas_cumprod(config)
+        n = config.num_train_timesteps
+        spacing = config.timestep_spacing
+        if spacing == "trailing":
+            t = n - 1
+        elif spacing == "linspace":
+            t = n - 1
+        elif spacing == "leading":
+            t = config.steps_offset
+        else:
+            raise MusicvizError(f"scheduler: timestep_spacing {spacing!r} is not supported")
+        if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise MusicvizError(f"scheduler: prediction_type {config.prediction_type!r} is not supported")
+        final = 1.0 if config.set_alpha_to_one else float(ac[0])
+        return cls(int(t), float(ac[t]), final, config.prediction_type)
+
+    def step(self, model_output: mx.array, sample: mx.array) -> mx.array:
+        """Latents after the single denoising step."""
+        a, a_prev = self.alpha_t, self.alpha_prev
+        sa, sb = a**0.5, (1 - a) ** 0.5
+        if self.prediction_type == "epsilon":
+            eps = model_output
+            x0 = (sample - sb * eps) / sa
+        elif self.prediction_type == "v_prediction":
+            x0 = sa * sample - sb * model_output
+            eps = sa * model_output + sb * sample
+        else:
+            x0 = model_output
+            eps = (sample - sa * x0) / sb
+        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps

@@ -1,0 +1,35 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mlx_musicviz  # noqa: E402,F401  (loads the optimized BLAS before mlx)
+from reference import SHARED  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared is missing ({SHARED}); the tests need the shared data beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """A small random-weight checkpoint in diffusers layout (sdxs-512-0.9's architecture, tiny
+    widths), with vae_large, and its MLX conversion."""
+    from reference import (SMALL_TEXT_ENCODERS, SMALL_UNETS, build_kl_vae, build_text_encoder,
+                           build_tiny_vae, build_unet, save_diffusers_checkpoint)
+
+    from mlx_musicviz.convert import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("small")
+    unet = build_unet(SMALL_UNETS["sdxs09"], seed=1)
+    te = build_text_encoder(SMALL_TEXT_ENCODERS["openclip"], seed=2)
+    vae = build_tiny_vae(seed=3)
+    large = build_kl_vae(seed=4)
+    src = save_diffusers_checkpoint(root / "diffusers", unet, te, vae, "!", vae_large=large)
+    dst = convert_checkpoint(src, root / "mlx")
+    return {"diffusers": src, "mlx": dst, "unet": unet, "text_encoder": te, "vae": vae, "vae_large": large}

@@ -1,0 +1,148 @@
+"""Reference checkpoints built with diffusers / transformers (random weights, fixed seeds).
+
+Tests only: the library never imports torch, diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "reference"
+VOCAB = SHARED / "data" / "clip-tokenizer"
+
+SMALL_UNETS = {
+    # sdxs-512-0.9's layout, small: 3 levels, no mid block, cross-only first level, linear projections.
+    "sdxs09": dict(
+        block_out_channels=[32, 64, 64],
+        down_block_types=["CrossAttnDownBlock2D"] * 3,
+        up_block_types=["CrossAttnUpBlock2D"] * 3,
+        mid_block_type=None,
+        layers_per_block=1,
+        attention_head_dim=[1, 2, 2],
+        only_cross_attention=[True, False, False],
+        use_linear_projection=True,
+        cross_attention_dim=64,
+    ),
+    # sdxs-512-dreamshaper's layout: no attention at the first level, conv projections, 8 heads.
+    "dreamshaper": dict(
+        block_out_channels=[32, 64, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        mid_block_type=None,
+        layers_per_block=1,
+        attention_head_dim=8,
+        use_linear_projection=False,
+        cross_attention_dim=48,
+    ),
+    # SD1.5 / SD2.1: 4 levels, a mid block, 2 resnets per level.
+    "sd15": dict(
+        block_out_channels=[32, 64, 64, 64],
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=48,
+    ),
+}
+
+SMALL_TEXT_ENCODERS = {
+    "openclip": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     hidden_act="gelu", bos_token_id=0, eos_token_id=2, projection_dim=64),
+    "openai": dict(hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                   hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, projection_dim=48),
+}
+
+
+def read_reference_config(model: str, component: str) -> dict:
+    path = REFERENCE / model / component / ("scheduler_config.json" if component == "scheduler" else "config.json")
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def build_unet(config: dict, seed: int = 0):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    model = UNet2DConditionModel(**config).eval()
+    # Random init leaves some layers at zero in diffusers; give every parameter signal.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model
+
+
+def build_text_encoder(config: dict, seed: int = 0):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config)
+    return CLIPTextModel(cfg).eval()
+
+
+def build_tiny_vae(config: dict | None = None, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(**(config or {})).eval()
+
+
+def build_kl_vae(config: dict | None = None, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    cfg = dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+               up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, norm_num_groups=32)
+    return AutoencoderKL(**(config or cfg)).eval()
+
+
+def build_tokenizer(pad_token: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=str(VOCAB / "vocab.json"), merges=str(VOCAB / "merges.txt"), pad_token=pad_token)
+
+
+def build_scheduler(model: str = "sdxs-512-0.9"):
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler.from_config(read_reference_config(model, "scheduler"))
+
+
+def save_diffusers_checkpoint(folder: Path, unet, text_encoder, vae, pad_token: str, vae_large=None,
+                              scheduler_model: str = "sdxs-512-0.9") -> Path:
+    """A StableDiffusionPipeline folder, as the SDXS repos lay it out (safetensors weights)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(pad_token), unet=unet,
+        scheduler=build_scheduler(scheduler_model), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    if vae_large is not None:
+        vae_large.save_pretrained(Path(folder) / "vae_large", safe_serialization=True)
+    return Path(folder)
+
+
+def rel_l2(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def nchw(x):
+    """NHWC numpy -> NCHW torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t) -> np.ndarray:
+    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
