@@ -67,7 +67,7 @@ def build_unet(config: dict, seed: int = 0):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    model = UNet2DConditionModel(**config).eval()
+    model = UNet2DConditionModel.from_config(config).eval()
     # Random init leaves some layers at zero in diffusers; give every parameter signal.
     with torch.no_grad():
         for p in model.parameters():
@@ -90,7 +90,7 @@ def build_tiny_vae(config: dict | None = None, seed: int = 0):
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    return AutoencoderTiny(**(config or {})).eval()
+    return AutoencoderTiny.from_config(config or {}).eval()
 
 
 def build_kl_vae(config: dict | None = None, seed: int = 0):
@@ -106,7 +106,8 @@ def build_kl_vae(config: dict | None = None, seed: int = 0):
 def build_tokenizer(pad_token: str):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(vocab=str(VOCAB / "vocab.json"), merges=str(VOCAB / "merges.txt"), pad_token=pad_token)
+    return CLIPTokenizer(vocab=str(VOCAB / "vocab.json"), merges=str(VOCAB / "merges.txt"), pad_token=pad_token,
+                         model_max_length=77)
 
 
 def build_scheduler(model: str = "sdxs-512-0.9"):

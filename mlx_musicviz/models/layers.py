@@ -15,8 +15,37 @@ def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
     return x.reshape(b, h * factor, w * factor, c)
 
 
-def group_norm(groups: int, channels: int, eps: float, affine: bool = True) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=eps, affine=affine, pytorch_compatible=True)
+class GroupNorm(nn.GroupNorm):
+    """PyTorch-compatible GroupNorm on NHWC tensors, accurate for very large groups.
+
+    mlx's version normalizes each group with one fused pass; over the million-element groups
+    of a VAE decoder at 512x512 its float32 sums drift (5e-4 relative error against PyTorch).
+    Large groups take their mean and variance in two levels (blocks, then blocks of blocks).
+    """
+
+    LARGE = 1 << 16  # elements per group above which the two-level statistics are used
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, *rest, c = x.shape
+        g = self.num_groups
+        n = (x.size // b) // g
+        if n <= self.LARGE:
+            return super().__call__(x)
+        xg = x.reshape(b, -1, g, c // g).transpose(0, 2, 1, 3).reshape(b, g, -1)
+        block = 1 << ((n.bit_length() + 1) // 2)
+        while n % block:
+            block //= 2
+        blocks = xg.reshape(b, g, n // block, block).astype(mx.float32)
+        mean = blocks.mean(axis=-1).mean(axis=-1)
+        centered = blocks - mean[:, :, None, None]
+        var = mx.square(centered).mean(axis=-1).mean(axis=-1)
+        y = (centered * mx.rsqrt(var + self.eps)[:, :, None, None]).astype(x.dtype)
+        y = y.reshape(b, g, -1, c // g).transpose(0, 2, 1, 3).reshape(b, *rest, c)
+        return self.weight * y + self.bias if "weight" in self else y
+
+
+def group_norm(groups: int, channels: int, eps: float, affine: bool = True) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=eps, affine=affine, pytorch_compatible=True)
 
 
 def timestep_embedding(

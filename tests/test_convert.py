@@ -1,0 +1,94 @@
+"""The converter: layout, record, and one-line errors for bad sources."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mlx_musicviz import MusicvizError
+from mlx_musicviz.convert import convert_checkpoint, read_record
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", *args], capture_output=True, text=True)
+
+
+def test_converted_layout_and_record(small_checkpoint):
+    dst = small_checkpoint["mlx"]
+    record = read_record(dst)
+    assert record["format"] == "mlx-musicviz" and record["library_version"]
+    assert set(record["components"]) == {"text_encoder", "unet", "vae", "vae_large"}
+    assert record["components"]["unet"] == "float32"
+    for c in record["components"]:
+        assert (dst / c / "model.safetensors").exists() and (dst / c / "config.json").exists()
+    assert (dst / "tokenizer").is_dir() and (dst / "scheduler" / "scheduler_config.json").exists()
+
+
+def test_reconvert_mlx_checkpoint_to_float16(small_checkpoint, tmp_path):
+    out = convert_checkpoint(small_checkpoint["mlx"], tmp_path / "f16", dtype="float16")
+    assert read_record(out)["components"]["unet"] == "float16"
+
+
+def _copy(small_checkpoint, tmp_path):
+    return shutil.copytree(small_checkpoint["diffusers"], tmp_path / "src")
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_component(small_checkpoint, tmp_path):
+    src = _copy(small_checkpoint, tmp_path)
+    shutil.rmtree(src / "unet")
+    _one_line_error(cli("convert", str(src), str(tmp_path / "out")), "unet")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_file_names_the_file(small_checkpoint, tmp_path):
+    src = _copy(small_checkpoint, tmp_path)
+    f = src / "unet" / "diffusion_pytorch_model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    _one_line_error(cli("convert", str(src), str(tmp_path / "out")), "truncated", str(f))
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_that_does_not_fit_the_config(small_checkpoint, tmp_path):
+    src = _copy(small_checkpoint, tmp_path)
+    cfg = json.loads((src / "unet" / "config.json").read_text())
+    cfg["cross_attention_dim"] = 32
+    (src / "unet" / "config.json").write_text(json.dumps(cfg))
+    _one_line_error(cli("convert", str(src), str(tmp_path / "out")), "diffusion_pytorch_model.safetensors", "shape")
+
+
+def test_pickle_files_are_refused(small_checkpoint, tmp_path):
+    src = _copy(small_checkpoint, tmp_path)
+    (src / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (src / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    _one_line_error(cli("convert", str(src), str(tmp_path / "out")), "pickle")
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "convert", "IDKiro/sdxs-512-0.9", str(tmp_path / "o")],
+                       capture_output=True, text=True, env={**os.environ, **env})
+    _one_line_error(r, "IDKiro/sdxs-512-0.9", "offline")
+
+
+def test_failed_conversion_keeps_an_existing_checkpoint(small_checkpoint, tmp_path):
+    good = convert_checkpoint(small_checkpoint["mlx"], tmp_path / "ckpt")
+    before = (good / "unet" / "model.safetensors").read_bytes()
+    src = _copy(small_checkpoint, tmp_path)
+    shutil.rmtree(src / "vae")
+    with pytest.raises(MusicvizError):
+        convert_checkpoint(src, good)
+    assert (good / "unet" / "model.safetensors").read_bytes() == before

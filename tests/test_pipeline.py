@@ -1,0 +1,87 @@
+"""The one-step pipeline against diffusers' StableDiffusionPipeline(num_inference_steps=1, guidance_scale=0)."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from reference import nchw, rel_l2
+
+from mlx_musicviz import load_pipeline
+
+PROMPT = "a jazz trumpet in a neon-lit street, oil painting"
+
+
+def diffusers_images(folder, latents_nhwc, prompt, vae_large=False):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    if vae_large:
+        pipe.vae = AutoencoderKL.from_pretrained(folder / "vae_large")
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,
+                   height=latents_nhwc.shape[1] * 8, width=latents_nhwc.shape[2] * 8,
+                   guidance_scale=0.0, output_type="np").images
+    return (out * 255).round().astype(np.uint8)
+
+
+def pixels_within(a, b, tol=1):
+    return float(np.mean(np.abs(a.astype(int) - b.astype(int)) <= tol))
+
+
+def test_prompt_embeddings_match(small_checkpoint):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_pipeline(small_checkpoint["mlx"])
+    ref = StableDiffusionPipeline.from_pretrained(small_checkpoint["diffusers"], safety_checker=None,
+                                                  requires_safety_checker=False)
+    with torch.no_grad():
+        expected = ref.encode_prompt([PROMPT, "!!"], "cpu", 1, False)[0].numpy()
+    got = np.array(pipe.encode_prompt([PROMPT, "!!"]))
+    assert got.shape == expected.shape == (2, 77, 64)
+    assert rel_l2(got, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("vae", ["tiny", "large"])
+def test_small_pipeline_matches_diffusers(small_checkpoint, vae):
+    pipe = load_pipeline(small_checkpoint["mlx"])
+    assert pipe.scheduler.timestep == 999
+    latents = np.random.default_rng(0).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    got = np.array(pipe.generate(mx.array(latents), pipe.encode_prompt([PROMPT]), vae=vae))
+    expected = diffusers_images(small_checkpoint["diffusers"], latents, PROMPT, vae_large=vae == "large")
+    assert got.shape == expected.shape and got.shape[0] == 2 and got.dtype == np.uint8
+    frac = pixels_within(got, expected)
+    assert frac >= 0.999, f"only {frac:.4%} of pixels within 1/255"
+    assert got.std() > 5  # not a flat image
+
+
+def test_load_pipeline_converts_a_diffusers_folder_once(small_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_MUSICVIZ_CACHE", str(tmp_path / "cache"))
+    a = load_pipeline(small_checkpoint["diffusers"])
+    b = load_pipeline(small_checkpoint["diffusers"])
+    assert a.folder == b.folder and a.folder.parent.parent == tmp_path / "cache"
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_full_size_sdxs09_pipeline_matches_diffusers(tmp_path):
+    """sdxs-512-0.9's full architecture (random weights) at 512x512."""
+    from reference import (build_text_encoder, build_tiny_vae, build_unet, read_reference_config,
+                           save_diffusers_checkpoint)
+
+    from mlx_musicviz.convert import convert_checkpoint
+
+    te_cfg = {k: v for k, v in read_reference_config("sdxs-512-0.9", "text_encoder").items()
+              if k not in ("architectures", "model_type", "transformers_version", "vocab_size",
+                           "max_position_embeddings")}
+    src = save_diffusers_checkpoint(
+        tmp_path / "diffusers", build_unet(read_reference_config("sdxs-512-0.9", "unet"), seed=11),
+        build_text_encoder(te_cfg, seed=12), build_tiny_vae(read_reference_config("sdxs-512-0.9", "vae"), seed=13),
+        "!")
+    pipe = load_pipeline(convert_checkpoint(src, tmp_path / "mlx"))
+    latents = np.random.default_rng(1).standard_normal((1, 64, 64, 4)).astype(np.float32)
+    got = np.array(pipe.generate(mx.array(latents), pipe.encode_prompt([PROMPT])))
+    expected = diffusers_images(src, latents, PROMPT)
+    frac = pixels_within(got, expected)
+    print(f"full-size sdxs-512-0.9 pipeline: {frac:.5%} of pixels within 1/255")
+    assert frac >= 0.999
