@@ -1,0 +1,247 @@
+"""Audio decoding and librosa features on the video frame grid.
+
+Video frame k is at exactly k / fps seconds for the whole song; features computed on librosa's
+own hop grid are interpolated (or, for events, rounded) onto it, so nothing drifts.
+Pure numpy arrays; no model needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MusicvizError
+
+SAMPLE_RATE = 22050  # analysis rate (Hz)
+HOP = 256  # analysis hop (samples): 11.6 ms, finer than a 60 fps frame
+BANDS = {"bass": (20.0, 250.0), "mid": (250.0, 4000.0), "treble": (4000.0, 11025.0)}
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples at `sr` Hz from a path (any format PyAV decodes) or a (samples, rate) pair.
+
+    samples may be (n,) or (n, channels) / (channels, n); start and duration are in seconds.
+    """
+    if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
+        samples, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+        if rate <= 0:
+            raise MusicvizError(f"sample rate must be positive, got {rate}")
+        if samples.ndim == 2:
+            samples = samples.mean(axis=0 if samples.shape[0] < samples.shape[1] else 1)
+        if samples.ndim != 1:
+            raise MusicvizError(f"audio samples must be 1-D or 2-D, got shape {samples.shape}")
+        y = samples if rate == sr else _resample(samples, rate, sr)
+    else:
+        y = decode_file(Path(audio), sr)
+    y = np.nan_to_num(y.astype(np.float32, copy=False))
+    if start:
+        y = y[int(round(start * sr)):]
+    if duration is not None:
+        y = y[: int(round(duration * sr))]
+    return y, sr
+
+
+def _resample(y: np.ndarray, rate: int, sr: int) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(y, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
+
+
+def decode_file(path: Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of a file to mono float32 at `sr` Hz with PyAV."""
+    import av
+
+    if not path.exists():
+        raise MusicvizError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise MusicvizError(f"{path} is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise MusicvizError(f"audio file is empty: {path}")
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MusicvizError(f"{path} has no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except MusicvizError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        if not chunks:
+            raise MusicvizError(f"cannot decode {path}: not a readable audio file ({type(e).__name__})") from None
+        # A truncated file: keep what decoded.
+    if not chunks:
+        raise MusicvizError(f"{path} holds no decodable audio")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+@dataclass
+class AudioFeatures:
+    """Features on the video frame grid: row k describes time k / fps (seconds)."""
+
+    fps: float
+    duration: float  # seconds
+    n_frames: int
+    tempo: float  # beats per minute (0 when no beat was found)
+    beat_times: np.ndarray  # seconds
+    onset_times: np.ndarray  # seconds, backtracked to the preceding energy minimum
+    loudness: np.ndarray  # (n_frames,) RMS, normalised to [0, 1]
+    mel_power: np.ndarray  # (n_frames,) mean mel power in dB, normalised to [0, 1]
+    onset_strength: np.ndarray  # (n_frames,) percussive onset strength, normalised to [0, 1]
+    chroma: np.ndarray  # (n_frames, 12) CQT chroma in [0, 1], C first
+    chroma_delta: np.ndarray  # (n_frames, 12) change of chroma per frame
+    bands: dict = field(default_factory=dict)  # name -> (n_frames,) energy in [0, 1]
+    section_times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # section starts (seconds), first is 0
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.arange(self.n_frames) / self.fps
+
+    def frame_of(self, seconds) -> np.ndarray:
+        return np.clip(np.round(np.asarray(seconds) * self.fps).astype(int), 0, self.n_frames - 1)
+
+    @property
+    def beat_frames(self) -> np.ndarray:
+        return self.frame_of(self.beat_times)
+
+    @property
+    def onset_frames(self) -> np.ndarray:
+        return self.frame_of(self.onset_times)
+
+    def section_of_frames(self) -> np.ndarray:
+        """(n_frames,) section index of each frame."""
+        return np.searchsorted(self.section_times, self.times, side="right") - 1
+
+
+def frame_count(duration: float, fps: float) -> int:
+    """Number of video frames for `duration` seconds at `fps`: round(duration * fps)."""
+    return int(round(duration * fps))
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    lo, hi = np.min(x), np.max(x)
+    return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
+
+
+def _on_grid(values: np.ndarray, feature_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Interpolate a (T,) or (T, k) feature sampled at feature_times onto times."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        return np.interp(times, feature_times, values)
+    return np.stack([np.interp(times, feature_times, v) for v in values.T], axis=1)
+
+
+def refine_to_attacks(beat_times: np.ndarray, y: np.ndarray, sr: int, before: float = 0.06, after: float = 0.03) -> np.ndarray:
+    """Move each beat (seconds) to the sharpest energy rise within [beat - before, beat + after].
+
+    The beat tracker places beats on onset-envelope peaks, which trail the attack by a frame or
+    two of its 2048-sample window; a 1.5 ms energy envelope finds the attack itself.
+    """
+    import librosa
+
+    if len(beat_times) == 0:
+        return beat_times
+    hop = 32
+    env = librosa.feature.rms(y=y, frame_length=256, hop_length=hop, center=True)[0]
+    rise = np.diff(np.log(env + 1e-6), prepend=np.log(env[0] + 1e-6))
+    out = np.array(beat_times, dtype=np.float64)
+    for i, b in enumerate(beat_times):
+        lo, hi = int((b - before) * sr / hop), int((b + after) * sr / hop) + 1
+        lo, hi = max(lo, 0), min(hi, len(rise))
+        if hi - lo > 1:
+            out[i] = (lo + int(np.argmax(rise[lo:hi]))) * hop / sr
+    return out
+
+
+def analyze(audio, fps: float = 30.0, start: float | None = None, duration: float | None = None,
+            n_sections: int | None = None) -> AudioFeatures:
+    """Decode `audio` (path or (samples, rate)) and compute every feature on the frame grid at `fps`.
+
+    start / duration (seconds) select a window of the song. Raises MusicvizError on bad input.
+    """
+    import librosa
+
+    if not fps or fps <= 0 or not np.isfinite(fps):
+        raise MusicvizError(f"fps must be a positive number, got {fps}")
+    y, sr = load_audio(audio, SAMPLE_RATE, start, duration)
+    seconds = len(y) / sr
+    n = frame_count(seconds, fps)
+    if n < 1:
+        raise MusicvizError(f"audio is too short: {seconds:.3f} s is less than one frame at {fps:g} fps")
+    times = np.arange(n) / fps
+    silent = float(np.max(np.abs(y))) < 1e-6 if len(y) else True
+    if len(y) < 2048:
+        y = np.pad(y, (0, 2048 - len(y)))
+
+    stft = np.abs(librosa.stft(y, n_fft=2048, hop_length=HOP))
+    ft = librosa.frames_to_time(np.arange(stft.shape[1]), sr=sr, hop_length=HOP)
+    harmonic, percussive = librosa.decompose.hpss(stft)
+    mel = librosa.feature.melspectrogram(S=stft**2, sr=sr)
+    mel_db = librosa.power_to_db(mel.mean(axis=0), ref=1.0)
+    rms = librosa.feature.rms(S=stft, frame_length=2048)[0]
+    onset_env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(percussive, ref=np.max), sr=sr, hop_length=HOP)
+
+    tempo, beats = 0.0, np.zeros(0, dtype=int)
+    onsets = np.zeros(0, dtype=int)
+    if not silent:
+        tempo_arr, beats = librosa.beat.beat_track(onset_envelope=onset_env, sr=sr, hop_length=HOP, units="frames")
+        tempo = float(np.atleast_1d(tempo_arr)[0]) if len(beats) >= 2 else 0.0
+        beats = beats if len(beats) >= 2 else np.zeros(0, dtype=int)
+        full_env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(stft, ref=np.max), sr=sr, hop_length=HOP)
+        onsets = librosa.onset.onset_detect(onset_envelope=full_env, sr=sr, hop_length=HOP, backtrack=True,
+                                            energy=rms)
+
+    if silent:
+        chroma = np.zeros((12, stft.shape[1]))
+    else:
+        y_harm = librosa.istft(harmonic * np.exp(1j * np.angle(librosa.stft(y, n_fft=2048, hop_length=HOP))),
+                               hop_length=HOP, length=len(y))
+        chroma = librosa.feature.chroma_cqt(y=y_harm, sr=sr, hop_length=HOP)
+    chroma = np.nan_to_num(chroma)[:, : len(ft)]
+    ct = ft[: chroma.shape[1]]
+    chroma_grid = np.clip(_on_grid(chroma.T, ct, times), 0, 1)
+    chroma_delta = np.diff(chroma_grid, axis=0, prepend=chroma_grid[:1])
+
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=2048)
+    bands = {}
+    for name, (lo, hi) in BANDS.items():
+        sel = (freqs >= lo) & (freqs < hi)
+        bands[name] = _norm(_on_grid(np.sqrt((stft[sel] ** 2).mean(axis=0)), ft, times))
+
+    sections = np.zeros(1)
+    if not silent and seconds >= 20:
+        k = n_sections or int(np.clip(round(seconds / 30), 2, 8))
+        feats = librosa.util.normalize(librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=13), axis=1)
+        bounds = librosa.segment.agglomerative(feats, k)
+        sections = np.unique(np.concatenate([[0.0], librosa.frames_to_time(bounds, sr=sr, hop_length=HOP)]))
+
+    beat_times = librosa.frames_to_time(beats, sr=sr, hop_length=HOP)
+    onset_times = librosa.frames_to_time(onsets, sr=sr, hop_length=HOP)
+    if len(beat_times) >= 2:
+        reach = min(0.16, 0.35 * float(np.median(np.diff(beat_times))))
+        beat_times = refine_to_attacks(beat_times, y, sr, before=reach, after=reach)
+    return AudioFeatures(
+        fps=float(fps),
+        duration=seconds,
+        n_frames=n,
+        tempo=tempo,
+        beat_times=beat_times[beat_times < seconds],
+        onset_times=onset_times[onset_times < seconds],
+        loudness=_norm(_on_grid(rms, ft, times)),
+        mel_power=_norm(_on_grid(mel_db, ft, times)),
+        onset_strength=_norm(_on_grid(onset_env[: len(ft)], ft[: len(onset_env)], times)),
+        chroma=chroma_grid,
+        chroma_delta=chroma_delta,
+        bands=bands,
+        section_times=sections,
+    )
