@@ -13,8 +13,8 @@ _LAZY = {
     "MusicvizError": ".errors",
     "analyze": ".audio",
     "AudioFeatures": ".audio",
-    "render": ".render",
-    "RenderResult": ".render",
+    "render": ".rendering",
+    "RenderResult": ".rendering",
 }
 
 

@@ -51,8 +51,10 @@ def _resample(y: np.ndarray, rate: int, sr: int) -> np.ndarray:
     return librosa.resample(y, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
 
 
-def decode_file(path: Path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of a file to mono float32 at `sr` Hz with PyAV."""
+def decode_file(path: Path, sr: int = SAMPLE_RATE, mono: bool = True) -> np.ndarray:
+    """Decode the first audio stream of a file to float32 at `sr` Hz with PyAV.
+
+    Mono: shape (n,); otherwise (channels, n) with up to two channels (stereo)."""
     import av
 
     if not path.exists():
@@ -67,12 +69,13 @@ def decode_file(path: Path, sr: int = SAMPLE_RATE) -> np.ndarray:
             if not container.streams.audio:
                 raise MusicvizError(f"{path} has no audio stream")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+            channels = 1 if mono or stream.channels < 2 else 2
+            resampler = av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sr)
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().reshape(channels, -1))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().reshape(channels, -1))
     except MusicvizError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
@@ -81,7 +84,8 @@ def decode_file(path: Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         # A truncated file: keep what decoded.
     if not chunks:
         raise MusicvizError(f"{path} holds no decodable audio")
-    return np.concatenate(chunks).astype(np.float32)
+    y = np.concatenate(chunks, axis=1).astype(np.float32)
+    return y[0] if mono else y
 
 
 @dataclass

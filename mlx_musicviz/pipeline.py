@@ -51,38 +51,52 @@ class Pipeline:
     Latents are NHWC (N, H/8, W/8, C). Images are uint8 NHWC (N, H, W, 3).
     """
 
-    def __init__(self, folder: Path, dtype=mx.float32):
-        self.folder = Path(folder)
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: OneStepScheduler, folder: Path | None = None,
+                 dtype=mx.float32, record: dict | None = None):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        self.folder = Path(folder) if folder is not None else None
         self.dtype = dtype
-        self.record = read_record(self.folder) or {}
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
-        self.text_encoder = self._load("text_encoder")
-        self.unet = self._load("unet")
-        self.vae = self._load("vae")
+        self.record = record or {}
         self._vae_large = None
-        sched = self.folder / "scheduler" / "scheduler_config.json"
-        self.scheduler = OneStepScheduler.from_config(
-            SchedulerConfig.from_json(sched) if sched.exists() else SchedulerConfig()
-        )
         # The timestep never changes: embed it once (batch 1 broadcasts over any batch).
         self._temb = self.unet.time_embed(self.scheduler.timestep)
         mx.eval(self._temb)
 
-    def _load(self, name: str):
-        folder = self.folder / name
-        if not folder.is_dir():
-            raise MusicvizError(f"model {self.folder} is incomplete: no {name}/ folder")
-        config = read_json(folder / "config.json")
-        module = build_model(config, str(folder / "config.json"))
-        weights, _ = load_safetensors(folder / WEIGHTS_NAME)
-        return load_into(module, weights, str(folder / WEIGHTS_NAME), self.dtype)
+    @classmethod
+    def from_folder(cls, folder: Path, dtype=mx.float32) -> "Pipeline":
+        folder = Path(folder)
+        sched = folder / "scheduler" / "scheduler_config.json"
+        scheduler = OneStepScheduler.from_config(SchedulerConfig.from_json(sched) if sched.exists() else SchedulerConfig())
+        load = lambda name: _load_component(folder, name, dtype)  # noqa: E731
+        return cls(CLIPTokenizer.from_pretrained(folder / "tokenizer"), load("text_encoder"), load("unet"),
+                   load("vae"), scheduler, folder, dtype, read_record(folder))
+
+    @classmethod
+    def random(cls, name: str, seed: int = 0, dtype=mx.float32) -> "Pipeline":
+        """A pipeline of a known architecture with random weights (images mean nothing)."""
+        from .models import build_model
+        from .random_models import random_configs
+
+        configs, pad = random_configs(name)
+        mx.random.seed(seed)
+        modules = {}
+        for part in ("text_encoder", "unet", "vae"):
+            modules[part] = build_model(configs[part])
+            modules[part].set_dtype(dtype)
+            modules[part].eval()
+        bundled = CLIPTokenizer.from_pretrained()
+        tokenizer = CLIPTokenizer(bundled.vocab, sorted(bundled.ranks, key=bundled.ranks.get), pad_token=pad)
+        scheduler = OneStepScheduler.from_config(SchedulerConfig.from_dict(configs["scheduler"]))
+        return cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
+                   {"source": f"random:{name}"})
 
     @property
     def vae_large(self):
         if self._vae_large is None:
-            if not (self.folder / "vae_large").is_dir():
-                raise MusicvizError(f"model {self.folder} has no vae_large/ (the large VAE)")
-            self._vae_large = self._load("vae_large")
+            if self.folder is None or not (self.folder / "vae_large").is_dir():
+                raise MusicvizError(f"model {self.folder or self.record.get('source')} has no vae_large/ (the large VAE)")
+            self._vae_large = _load_component(self.folder, "vae_large", self.dtype)
         return self._vae_large
 
     @property
@@ -131,11 +145,24 @@ class Pipeline:
         return self.decode(self.denoise(latents, prompt_embeds), vae)
 
 
+def _load_component(folder: Path, name: str, dtype):
+    path = folder / name
+    if not path.is_dir():
+        raise MusicvizError(f"model {folder} is incomplete: no {name}/ folder")
+    config = read_json(path / "config.json")
+    module = build_model(config, str(path / "config.json"))
+    weights, _ = load_safetensors(path / WEIGHTS_NAME)
+    return load_into(module, weights, str(path / WEIGHTS_NAME), dtype)
+
+
 def to_uint8(images: mx.array) -> mx.array:
     """[-1, 1] floats -> uint8 with diffusers' rounding."""
     return mx.round(mx.clip(images.astype(mx.float32) / 2 + 0.5, 0, 1) * 255).astype(mx.uint8)
 
 
 def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None) -> Pipeline:
-    """Load an MLX checkpoint, a diffusers folder or a hub repo id (converted once and cached)."""
-    return Pipeline(resolve_model(path_or_repo, revision), dtype=dtype)
+    """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
+    `random:NAME` (random weights of a known architecture: see `random_models`)."""
+    if str(path_or_repo).startswith("random:"):
+        return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype)
+    return Pipeline.from_folder(resolve_model(path_or_repo, revision), dtype=dtype)

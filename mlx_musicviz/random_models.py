@@ -1,0 +1,41 @@
+"""Architectures for `random:NAME` models: try the pipeline or benchmark with no download.
+
+`random:sdxs-512-0.9` and `random:sdxs-512-dreamshaper` use the reconstructed configs shipped in
+`data/configs/`; `random:tiny` is sdxs-512-0.9's layout at small widths (fast on any CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import MusicvizError
+
+CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+TINY = {
+    "unet": {"_class_name": "UNet2DConditionModel", "block_out_channels": [32, 64, 64],
+             "down_block_types": ["CrossAttnDownBlock2D"] * 3, "up_block_types": ["CrossAttnUpBlock2D"] * 3,
+             "mid_block_type": None, "layers_per_block": 1, "attention_head_dim": [1, 2, 2],
+             "only_cross_attention": [True, False, False], "use_linear_projection": True, "cross_attention_dim": 64},
+    "text_encoder": {"_class_name": "CLIPTextModel", "hidden_size": 64, "intermediate_size": 256,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_act": "gelu", "eos_token_id": 2},
+    "vae": {"_class_name": "AutoencoderTiny"},
+}
+
+
+def names() -> list[str]:
+    return ["tiny"] + sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
+
+
+def random_configs(name: str) -> tuple[dict, str]:
+    """({component: config}, pad token) for a random model name."""
+    if name == "tiny":
+        scheduler = json.loads((CONFIGS / "sdxs-512-0.9" / "scheduler.json").read_text())
+        return {**TINY, "scheduler": scheduler}, "!"
+    folder = CONFIGS / name
+    if not folder.is_dir():
+        raise MusicvizError(f"unknown random model {name!r}; choose one of: {', '.join(names())}")
+    configs = {part: json.loads((folder / f"{part}.json").read_text()) for part in ("unet", "text_encoder", "vae", "scheduler")}
+    configs["text_encoder"].setdefault("_class_name", "CLIPTextModel")
+    pad = json.loads((folder / "special_tokens_map.json").read_text())["pad_token"]
+    return configs, pad

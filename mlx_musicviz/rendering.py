@@ -1,0 +1,124 @@
+"""`render(audio, prompt)`: song + prompt -> MP4, streaming frames in batches with bounded memory.
+
+Per frame the model cost is one UNet call and one VAE decode; the 13 prompts (base + 12 notes)
+and the time embedding are encoded once. While PyAV encodes batch i, mlx computes batch i+1.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .audio import analyze
+from .errors import MusicvizError
+from .pipeline import DEFAULT_MODEL, load_pipeline
+from .video import VideoWriter, check_output_path, soundtrack
+from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
+
+DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
+
+
+@dataclass
+class RenderResult:
+    output: Path
+    frames: int
+    fps: float
+    duration: float  # seconds of audio rendered
+    times: dict = field(default_factory=dict)  # stage -> seconds: analysis, load, prompts, model, encode, total
+    peak_memory: int = 0  # bytes: mlx peak memory during the frame loop
+    peak_rss: int = 0  # bytes: the process's peak resident size (whole run)
+    warnings: list = field(default_factory=list)
+
+
+def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
+           fps: float = 30, seed: int = 0, size: int = 512, start: float | None = None,
+           duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
+           vae: str = "tiny", noise: NoiseWalkConfig | None = None, progress=None, pipeline=None) -> RenderResult:
+    """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
+
+    note_prompts: 12 prompts (C..B); default: the prompt in Scriabin's colour for each note.
+    section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
+    progress: called as progress(done_frames, total_frames) after every batch.
+    Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`.
+    """
+    t0 = time.perf_counter()
+    times = {}
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise MusicvizError("the prompt is empty; describe what the video should show")
+    if not fps or fps <= 0:
+        raise MusicvizError(f"fps must be positive, got {fps}")
+    if size <= 0 or size % 64:
+        raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512)")
+    if batch_size < 1:
+        raise MusicvizError("batch size must be at least 1")
+    if note_prompts is not None and len(note_prompts) != 12:
+        raise MusicvizError(f"need 12 note prompts (C to B), got {len(note_prompts)}")
+    if output is None:
+        stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
+        output = f"{stem}.mp4"
+    output = check_output_path(output)
+
+    features = analyze(audio, fps=fps, start=start, duration=duration)
+    times["analysis"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    pipe = pipeline or load_pipeline(model)
+    times["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    warnings = []
+    bases = list(section_prompts) if section_prompts else [prompt]
+    notes = list(note_prompts) if note_prompts else default_note_prompts(prompt)
+    limit = pipe.tokenizer.model_max_length - 2
+    for p in bases + notes:
+        if pipe.tokenizer.count_tokens(p) > limit:
+            warnings.append(f"prompt longer than {limit} tokens is truncated: {p[:40]!r}...")
+    embeds = pipe.encode_prompt(bases + notes)
+    mx.eval(embeds)
+    noise_walk = NoiseWalker(features, (size // 8, size // 8, pipe.latent_channels), seed, noise)
+    prompt_walk = PromptWalker(features, embeds[: len(bases)], embeds[len(bases):], PromptWalkConfig(mode=mode))
+    times["prompts"] = time.perf_counter() - t
+
+    n = features.n_frames
+    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+    def frames_of(batch):
+        return pipe.generate(noise_walk.latents(batch), prompt_walk.embeddings(batch), vae=vae)
+
+    model_time = encode_time = 0.0
+    mx.reset_peak_memory()
+    with VideoWriter(output, size, size, fps, crf=crf) as writer:
+        samples, rate = soundtrack(audio, start, duration)
+        writer.add_audio(samples, rate)
+        t = time.perf_counter()
+        pending = frames_of(batches[0])
+        mx.async_eval(pending)
+        for i in range(len(batches)):
+            current = pending
+            if i + 1 < len(batches):  # queue the next batch before encoding this one
+                pending = frames_of(batches[i + 1])
+                mx.async_eval(pending)
+            t_wait = time.perf_counter()
+            images = np.array(current)
+            model_time += time.perf_counter() - t_wait
+            t_enc = time.perf_counter()
+            writer.write(images)
+            encode_time += time.perf_counter() - t_enc
+            if progress is not None:
+                progress(int(batches[i][-1]) + 1, n)
+        loop = time.perf_counter() - t
+        result_path = writer.close()
+    times["model"] = loop - encode_time
+    times["encode"] = encode_time
+    times["total"] = time.perf_counter() - t0
+    return RenderResult(
+        output=result_path, frames=n, fps=float(fps), duration=features.duration, times=times,
+        peak_memory=int(mx.get_peak_memory()),
+        peak_rss=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, warnings=warnings,
+    )

@@ -1,0 +1,152 @@
+"""End to end: song + prompt -> MP4 with a random-weight model; bad inputs give one line and no file."""
+
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+from reference import SHARED
+
+from mlx_musicviz import render
+
+TRUMPET = SHARED / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("render") / "trumpet.mp4"
+    return render(str(TRUMPET), "a trumpet in neon light", output=out, model="random:tiny", size=64, fps=12,
+                  batch_size=4)
+
+
+def test_mp4_streams_and_duration(rendered):
+    assert rendered.output.exists()
+    with av.open(str(rendered.output)) as c:
+        video, audio = c.streams.video, c.streams.audio
+        assert len(video) == 1 and len(audio) == 1
+        assert video[0].codec_context.name == "h264" and audio[0].codec_context.name == "aac"
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert abs(len(frames) - round(rendered.duration * 12)) <= 1
+    assert len(frames) == rendered.frames
+    assert abs(len(frames) / 12 - rendered.duration) <= 1 / 12
+
+
+def test_frames_move(rendered):
+    """Consecutive frames change: the video moves. (Random weights saturate the one-step output,
+    so this cannot show beat sync at the pixel level; the walkers' tests check the walk itself.)"""
+    with av.open(str(rendered.output)) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24").astype(float) for f in c.decode(video=0)])
+    diffs = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+    assert diffs.max() > 0.05 and (diffs > 0).mean() > 0.5
+
+
+def test_same_seed_same_frames(tmp_path):
+    y = (0.1 * np.sin(np.arange(22050) / 10)).astype(np.float32)
+    a = render((y, 22050), "x", output=tmp_path / "a.mp4", model="random:tiny", size=64, fps=8)
+    b = render((y, 22050), "x", output=tmp_path / "b.mp4", model="random:tiny", size=64, fps=8)
+
+    def frames(p):
+        with av.open(str(p)) as c:
+            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+    assert np.array_equal(frames(a.output), frames(b.output))
+
+
+def _bad(tmp_path, args, needle):
+    target = tmp_path / "out.mp4"
+    model = [] if "--model" in args else ["--model", "random:tiny"]
+    size = [] if "--size" in args else ["--size", "64"]
+    r = cli("render", *args, *model, *size, "-o", str(target))
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial.mp4")]
+
+
+def test_missing_file(tmp_path):
+    _bad(tmp_path, [str(tmp_path / "nope.mp3"), "-p", "x"], "not found")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.ogg").write_bytes(b"")
+    _bad(tmp_path, [str(tmp_path / "empty.ogg"), "-p", "x"], "empty")
+
+
+def test_not_audio(tmp_path):
+    (tmp_path / "text.mp3").write_text("hello, I am not music\n" * 100)
+    _bad(tmp_path, [str(tmp_path / "text.mp3"), "-p", "x"], "decode")
+
+
+def test_truncated_audio_still_renders_what_is_there(tmp_path):
+    data = TRUMPET.read_bytes()
+    (tmp_path / "cut.ogg").write_bytes(data[: len(data) // 2])
+    r = cli("render", str(tmp_path / "cut.ogg"), "-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "6",
+            "-o", str(tmp_path / "cut.mp4"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cut.mp4").exists()
+
+
+def test_shorter_than_one_frame(tmp_path):
+    import wave
+
+    with wave.open(str(tmp_path / "short.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+        w.writeframes(b"\0\0" * 100)
+    _bad(tmp_path, [str(tmp_path / "short.wav"), "-p", "x"], "too short")
+
+
+def test_output_is_a_folder(tmp_path):
+    r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "-o", str(tmp_path))
+    assert r.returncode == 1 and "folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_output_folder_missing_or_unwritable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "missing" / "out.mp4", tmp_path / "file" / "out.mp4", "/proc/out.mp4"):
+        r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "-o", str(target))
+        assert r.returncode == 1 and "\nerror: output folder" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not os.path.exists(target)
+
+
+@pytest.mark.parametrize("args,needle", [(["--fps", "0"], "fps"), (["--fps", "-5"], "fps"), (["--size", "100"], "64")])
+def test_bad_numbers(tmp_path, args, needle):
+    _bad(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)
+
+
+def test_empty_prompt(tmp_path):
+    _bad(tmp_path, [str(TRUMPET), "-p", "  "], "prompt")
+
+
+def test_missing_model(tmp_path):
+    _bad(tmp_path, [str(TRUMPET), "-p", "x", "--model", str(tmp_path / "no-model")], "model not found")
+
+
+def test_long_prompt_warns(tmp_path):
+    r = cli("render", str(TRUMPET), "-p", "word " * 100, "--model", "random:tiny", "--size", "64", "--fps", "4",
+            "--duration", "1", "-o", str(tmp_path / "long.mp4"))
+    assert r.returncode == 0, r.stderr
+    assert "truncated" in r.stderr
+
+
+def test_interrupt_leaves_no_file(tmp_path):
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        render(str(TRUMPET), "x", output=tmp_path / "x.mp4", model="random:tiny", size=64, fps=4, progress=stop)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_help_and_version():
+    for args in (["--help"], ["render", "--help"], ["convert", "--help"], ["demo", "--help"], ["--version"]):
+        r = cli(*args)
+        assert r.returncode == 0
+    assert "Examples" in cli("render", "--help").stdout
