@@ -25,6 +25,7 @@ from ..weights import (
     check_weights,
     load_into,
     load_safetensors,
+    read_safetensors_header,
     replace_dir,
     save_safetensors,
     write_json,
@@ -223,8 +224,8 @@ def load_tiny_autoencoder(path: str | Path, dtype=mx.float32) -> AutoencoderTiny
     if not path.exists():
         raise MusicvizError(f"not found: {path}")
     if path.is_dir() and (path / "config.json").exists():
-        if (path / WEIGHTS_NAME).exists() and read_json(path / "config.json").get("_class_name") and (
-            load_safetensors(path / WEIGHTS_NAME)[1].get("format") == FORMAT_NAME
+        if (path / WEIGHTS_NAME).exists() and (
+            read_safetensors_header(path / WEIGHTS_NAME).get("__metadata__", {}).get("format") == FORMAT_NAME
         ):
             config, weights = load_converted_component(path)
         else:

@@ -85,8 +85,7 @@ class Pipeline:
             modules[part] = build_model(configs[part])
             modules[part].set_dtype(dtype)
             modules[part].eval()
-        bundled = CLIPTokenizer.from_pretrained()
-        tokenizer = CLIPTokenizer(bundled.vocab, sorted(bundled.ranks, key=bundled.ranks.get), pad_token=pad)
+        tokenizer = CLIPTokenizer.from_pretrained().with_pad_token(pad)
         scheduler = OneStepScheduler.from_config(SchedulerConfig.from_dict(configs["scheduler"]))
         return cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
                    {"source": f"random:{name}"})

@@ -139,6 +139,11 @@ class CLIPTokenizer:
             raise MusicvizError(f"tokenizer folder {folder} has neither vocab.json + merges.txt nor tokenizer.json")
         return cls(vocab, merges, **special)
 
+    def with_pad_token(self, pad_token: str) -> "CLIPTokenizer":
+        """The same vocabulary padding with another token (SD2 family: `!`; SD1.5: `<|endoftext|>`)."""
+        merges = sorted(self.ranks, key=self.ranks.get)
+        return CLIPTokenizer(self.vocab, merges, pad_token, self.bos_token, self.eos_token, self.model_max_length)
+
     # -- encoding ----------------------------------------------------------------------
     def _bpe(self, word: str) -> list[int]:
         cached = self._cache.get(word)
