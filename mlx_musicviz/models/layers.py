@@ -7,6 +7,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import attention, silu
+
 
 def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
     """Nearest-neighbour upsampling of an NHWC tensor by an integer factor."""
@@ -90,7 +92,7 @@ class Attention(nn.Module):
         q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
         k = self.to_k(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
         v = self.to_v(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = attention(q, k, v, self.scale, mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
         return self.to_out[0](out)
 
@@ -119,10 +121,10 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = output_scale_factor
 
     def __call__(self, x: mx.array, temb: mx.array | None = None) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
+        h = self.conv1(silu(self.norm1(x)))
         if temb is not None:
-            h = h + self.time_emb_proj(nn.silu(temb))[:, None, None, :]
-        h = self.conv2(nn.silu(self.norm2(h)))
+            h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
+        h = self.conv2(silu(self.norm2(h)))
         if "conv_shortcut" in self:
             x = self.conv_shortcut(x)
         out = x + h

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import attention, gelu
 from .configs import CLIPTextConfig
 
 
@@ -30,14 +31,14 @@ class CLIPAttention(nn.Module):
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         b, n, _ = x.shape
         q, k, v = (p(x).reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = attention(q, k, v, self.scale, mask)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
 
 class CLIPMLP(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.act = quick_gelu if config.hidden_act == "quick_gelu" else nn.gelu
+        self.act = quick_gelu if config.hidden_act == "quick_gelu" else gelu
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 

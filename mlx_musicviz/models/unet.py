@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import gelu, silu
 from .configs import UNetConfig
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, group_norm, timestep_embedding
 
@@ -34,7 +35,7 @@ class GEGLU(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         h, gate = mx.split(self.proj(x), 2, axis=-1)
-        return h * nn.gelu(gate)
+        return h * gelu(gate)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -195,7 +196,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def __call__(self, x):
-        return self.linear_2(nn.silu(self.linear_1(x)))
+        return self.linear_2(silu(self.linear_1(x)))
 
 
 class UNet2DConditionModel(nn.Module):
@@ -254,4 +255,4 @@ class UNet2DConditionModel(nn.Module):
             x = self.mid_block(x, temb, encoder_hidden_states)
         for block in self.up_blocks:
             x = block(x, skips, temb, encoder_hidden_states)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu(self.conv_norm_out(x)))
