@@ -1,9 +1,12 @@
 """Convert a diffusers-layout checkpoint (or TAESD files, or an MLX checkpoint) to MLX.
 
 Layout written to DST:
-    musicviz.json                 the record: format, version, source, revision, dtype, library version
+    musicviz.json                 the record: format, version, source, revision, library version,
+                                  per component its dtype and, when quantized, its quantization
+                                  (bits, group size, mode, quantized modules, modules kept float)
     <component>/config.json       the source config (+ `_class_name`)
-    <component>/model.safetensors MLX layout (NHWC kernels), metadata: format, component, dtype
+    <component>/model.safetensors MLX layout (NHWC kernels), metadata: format, component, dtype,
+                                  quantization (the same JSON as the record's)
     tokenizer/, scheduler/        copied
 """
 
@@ -20,8 +23,10 @@ from .. import __version__
 from ..errors import MusicvizError
 from ..models import AutoencoderTiny, TinyVAEConfig, build_model, class_name_of
 from ..models.configs import read_json
+from ..models.quantized import MIXED_PRESET, QuantizationPlan, apply_plan, quantization_plan
 from ..weights import (
     PICKLE_SUFFIXES,
+    QUANTIZATION_KEYS,
     check_weights,
     load_into,
     load_safetensors,
@@ -34,12 +39,14 @@ from . import keymaps
 from .hub import resolve_source
 
 FORMAT_NAME = "mlx-musicviz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: quantized components
 RECORD_NAME = "musicviz.json"
 WEIGHTS_NAME = "model.safetensors"
 # Pipeline components: the three the one-step pipeline needs, and the optional large VAE.
 COMPONENTS = ("text_encoder", "unet", "vae", "vae_large")
 REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")
+# Quantized by default when bits are asked for; the 1.2 M-parameter tiny VAE stays float.
+DEFAULT_QUANTIZED = ("text_encoder", "unet", "vae_large")
 KEY_FUNCTIONS = {
     "CLIPTextModel": keymaps.text_encoder_key,
     "UNet2DConditionModel": keymaps.unet_key,
@@ -60,6 +67,24 @@ def read_record(folder: Path) -> dict | None:
     if int(record.get("version", 0)) > FORMAT_VERSION:
         raise MusicvizError(f"{path} was written by a newer mlx-musicviz (format {record['version']}); upgrade")
     return record
+
+
+def component_plan(record: dict | None, name: str, where: str = RECORD_NAME) -> QuantizationPlan | None:
+    """The quantization plan of one component, from a checkpoint record (None: float)."""
+    data = (record or {}).get("quantization", {}).get(name)
+    return None if data is None else QuantizationPlan.from_dict(data, f"{where} ({name})")
+
+
+def check_plan_matches(record_plan: QuantizationPlan | None, metadata: dict, path: Path) -> None:
+    """The record and the weights file must describe the same quantization."""
+    stored = metadata.get("quantization")
+    stored = json.loads(stored) if stored else None
+    expected = record_plan.to_dict() if record_plan else None
+    if stored != expected:
+        def say(q):
+            return "float" if q is None else f"{q['bits']}-bit, group size {q['group_size']}, {len(q['modules'])} modules"
+        raise MusicvizError(f"{path} does not match {RECORD_NAME}: the record says {say(expected)}, "
+                            f"the weights say {say(stored)}")
 
 
 def find_weight_files(folder: Path) -> list[Path]:
@@ -98,7 +123,8 @@ def _read_weights(files: list[Path]) -> dict[str, mx.array]:
 def _cast(weights: dict[str, mx.array], dtype) -> dict[str, mx.array]:
     if dtype is None:
         return weights
-    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(QUANTIZATION_KEYS) else v
+            for k, v in weights.items()}
 
 
 def convert_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.array]]:
@@ -113,11 +139,30 @@ def convert_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.arra
     return config, _cast(weights, dtype)
 
 
+def _storage_dtype(weights: dict[str, mx.array]):
+    return next(v.dtype for k, v in weights.items() if mx.issubdtype(v.dtype, mx.floating))
+
+
 def load_converted_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.array]]:
     folder = Path(folder)
     config = read_json(folder / "config.json")
     weights, _ = load_safetensors(folder / WEIGHTS_NAME)
     return config, _cast(weights, dtype)
+
+
+def quantize_component(config: dict, weights: dict[str, mx.array], bits: int, group_size: int,
+                       overrides: dict[str, int | None] | None, dtype) -> tuple[dict[str, mx.array], QuantizationPlan]:
+    """Quantize one component's MLX weights; scales, biases and float layers are stored in `dtype`."""
+    model = build_model(config)
+    model.load_weights(list(weights.items()), strict=True)
+    model.set_dtype(dtype)
+    plan = quantization_plan(model, bits, group_size, overrides)
+    apply_plan(model, plan)
+    from mlx.utils import tree_flatten
+
+    quantized = dict(tree_flatten(model.parameters()))
+    mx.eval(quantized)
+    return quantized, plan
 
 
 def convert_checkpoint(
@@ -126,15 +171,29 @@ def convert_checkpoint(
     dtype: str = "auto",
     revision: str | None = None,
     components: tuple[str, ...] | None = None,
+    bits: int | None = None,
+    group_size: int = 64,
+    quantize: tuple[str, ...] = DEFAULT_QUANTIZED,
+    mixed: bool | dict[str, int | None] = False,
 ) -> Path:
     """Convert `src` (diffusers folder, hub repo id, or MLX checkpoint) into the MLX checkpoint `dst`.
 
-    dtype: "auto" keeps the source's floating dtype; "float32" / "float16" / "bfloat16" cast.
+    dtype: "auto" keeps the source's floating dtype (float16 for quantized components' scales and
+    float layers); "float32" / "float16" / "bfloat16" cast.
     components: the subset to write (default: every component present).
+    bits, group_size: quantize the components named in `quantize` (4 or 8 bits; 32, 64 or 128).
+    mixed: True keeps the sensitive layers (MIXED_PRESET) at 8 bits; or a dict of module-path
+    patterns -> bits (None: float).
     Nothing is left at `dst` if conversion fails.
     """
     if dtype != "auto" and dtype not in DTYPES:
         raise MusicvizError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
+    unknown = sorted(set(quantize) - set(COMPONENTS))
+    if unknown:
+        raise MusicvizError(f"cannot quantize {unknown[0]!r}: components are {', '.join(COMPONENTS)}")
+    overrides = (dict(MIXED_PRESET) if mixed is True else dict(mixed or {})) if bits else None
+    if mixed and not bits:
+        raise MusicvizError("mixed precision needs --bits")
     cast = None if dtype == "auto" else DTYPES[dtype]
     folder, origin = resolve_source(src, revision)
     record_in = read_record(folder)
@@ -153,19 +212,24 @@ def convert_checkpoint(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
-        dtypes = {}
+        dtypes, plans = {}, {}
         for name in wanted:
+            plan = component_plan(record_in, name, str(folder / RECORD_NAME))
             if record_in is not None:
                 config, weights = load_converted_component(folder / name, cast)
             else:
                 config, weights = convert_component(folder / name, cast)
-            dtypes[name] = str(next(iter(weights.values())).dtype).replace("mlx.core.", "")
+            if bits and name in quantize:
+                if plan is not None:
+                    raise MusicvizError(f"{src} is already quantized ({name}); convert from its float checkpoint")
+                weights, plan = quantize_component(config, weights, bits, group_size, overrides, cast or mx.float16)
+            dtypes[name] = str(_storage_dtype(weights)).replace("mlx.core.", "")
+            metadata = {"format": FORMAT_NAME, "component": name, "dtype": dtypes[name], "library_version": __version__}
+            if plan is not None:
+                plans[name] = plan.to_dict()
+                metadata["quantization"] = json.dumps(plans[name], sort_keys=True)
             write_json(tmp / name / "config.json", config)
-            save_safetensors(
-                tmp / name / WEIGHTS_NAME,
-                weights,
-                {"format": FORMAT_NAME, "component": name, "dtype": dtypes[name], "library_version": __version__},
-            )
+            save_safetensors(tmp / name / WEIGHTS_NAME, weights, metadata)
         shutil.copytree(folder / "tokenizer", tmp / "tokenizer")
         if (folder / "scheduler").is_dir():
             shutil.copytree(folder / "scheduler", tmp / "scheduler")
@@ -177,6 +241,8 @@ def convert_checkpoint(
             "revision": (record_in or {}).get("revision", origin["revision"]),
             "components": dtypes,
         }
+        if plans:
+            record["quantization"] = plans
         write_json(tmp / RECORD_NAME, record)
         replace_dir(tmp, dst)
     except BaseException:

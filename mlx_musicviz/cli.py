@@ -52,8 +52,14 @@ def main():
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Storage dtype of the converted weights (auto keeps the source's).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a repo id.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+              help="Weights sharing one scale and bias.")
+@click.option("--quantize", "quantize_components", default="text_encoder,unet,vae_large", show_default=True,
+              help="Comma-separated components to quantize (add vae for the tiny VAE).")
+@click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
 @friendly_errors
-def convert(src, dst, dtype, revision):
+def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed):
     """Convert SRC (a diffusers folder, a hub repo id, or an MLX checkpoint) into an MLX checkpoint DST.
 
     DST defaults to weights/<name of SRC>.
@@ -62,6 +68,7 @@ def convert(src, dst, dtype, revision):
     Examples:
       musicviz-mlx convert IDKiro/sdxs-512-0.9
       musicviz-mlx convert ./sdxs-512-dreamshaper weights/dreamshaper --dtype float16
+      musicviz-mlx convert weights/sdxs-512-0.9 weights/sdxs-512-0.9-q4 --bits 4 --mixed
     """
     from pathlib import Path
 
@@ -69,8 +76,10 @@ def convert(src, dst, dtype, revision):
 
     if dst is None:
         dst = Path("weights") / Path(src.rstrip("/")).name
-    out = convert_checkpoint(src, dst, dtype=dtype, revision=revision)
-    click.echo(f"converted {src} -> {out}")
+    quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
+    out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
+                             group_size=int(group_size), quantize=quantize, mixed=mixed)
+    click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size})" if bits else ""))
 
 
 def _render_options(fn):
@@ -179,6 +188,148 @@ def analyze(song, fps, start, duration):
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, tempo {f.tempo:.1f} BPM, "
                f"{len(f.beat_times)} beats, {len(f.onset_times)} onsets, sections at "
                + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
+
+
+
+def _torch_reference(model: str):
+    """The PyTorch reference from benchmarks/ in this checkout, when torch and diffusers are installed."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("diffusers") is None:
+        return None
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (folder / "torch_reference.py").exists():
+        return None
+    sys.path.insert(0, str(folder))
+    from torch_reference import TorchReference
+
+    return TorchReference(model)
+
+
+
+def _mel_overrides(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--preset", type=click.Choice(["default", "riffusion"]), default="default", show_default=True)
+@click.option("--tile-width", type=int, default=None, help="Columns per image (default 512).")
+@click.option("--n-mels", type=int, default=None, help="Mel bands = image height (default 512).")
+@click.option("--hop", "hop_length", type=int, default=None, help="Samples per column.")
+@click.option("--stereo", is_flag=True, default=None, help="Left channel in red, right in green.")
+@friendly_errors
+def mels(src, out, preset, tile_width, n_mels, hop_length, stereo):
+    """Turn every audio file under SRC into mel-spectrogram PNG tiles in OUT.
+
+    Unreadable files are reported and skipped. Each PNG carries the parameters that invert it.
+
+    \b
+    Examples:
+      musicviz-mlx mels music/ spectrograms/
+      musicviz-mlx mels song.ogg tiles/ --preset riffusion
+    """
+    from dataclasses import replace
+
+    from .spectrogram import PRESETS, folder_to_images
+
+    params = replace(PRESETS[preset], **_mel_overrides(tile_width=tile_width, n_mels=n_mels, hop_length=hop_length,
+                                                        stereo=stereo))
+
+    def progress(done, total, path):
+        click.echo(f"\r  {done}/{total} files  {path.name[:50]:<50}", nl=False, err=True)
+
+    written, skipped = folder_to_images(src, out, params, progress)
+    click.echo("", err=True)
+    for path, why in skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    click.echo(f"{len(written)} images in {out}" + (f"; {len(skipped)} files skipped" if skipped else ""))
+    if not written:
+        raise MusicvizError(f"no file under {src} could be read")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output .wav or .flac.")
+@click.option("--iterations", type=int, default=64, show_default=True, help="Griffin-Lim rounds (more: better phase).")
+@click.option("--preset", type=click.Choice(["default", "riffusion"]), default=None,
+              help="Parameters for images without metadata (overrides the metadata).")
+@click.option("--sample-rate", type=int, default=None)
+@click.option("--n-fft", type=int, default=None)
+@click.option("--hop", "hop_length", type=int, default=None)
+@click.option("--win-length", type=int, default=None)
+@click.option("--f-max", type=float, default=None)
+@friendly_errors
+def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_length, win_length, f_max):
+    """Turn spectrogram IMAGES (consecutive tiles, in order) back into one audio file.
+
+    \b
+    Examples:
+      musicviz-mlx spec2audio tiles/song_0000.png tiles/song_0001.png -o song.wav
+      musicviz-mlx spec2audio riffusion.png --preset riffusion -o clip.flac
+    """
+    from pathlib import Path
+
+    from .spectrogram import images_to_audio, write_audio
+
+    if iterations < 1:
+        raise MusicvizError("iterations must be at least 1")
+    overrides = _mel_overrides(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                               f_max=f_max)
+    if Path(output).suffix.lower() not in (".wav", ".flac"):
+        raise MusicvizError(f"output must end in .wav or .flac, not {Path(output).name}")
+    samples, rate = images_to_audio([Path(i) for i in images], iterations, overrides, preset)
+    write_audio(Path(output), samples, rate)
+    click.echo(f"{output}: {samples.shape[-1] / rate:.2f} s at {rate} Hz")
+
+@main.command()
+@click.option("--model", default="random:sdxs-512-0.9", show_default=True, help="Model to time (random:NAME needs no download).")
+@click.option("--size", type=int, default=512, show_default=True)
+@click.option("--levels", default="float32,8bit,4bit", show_default=True,
+              help="Comma-separated: float32, float16, bfloat16, 8bit, 4bit.")
+@click.option("--batches", default="1,4", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per measurement (median).")
+@click.option("--render-seconds", type=float, default=10.0, show_default=True,
+              help="Length of the end-to-end render (0: skip).")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Time PyTorch on the same weights (needs the dev extra and a checkout).")
+@click.option("--quick", is_flag=True, help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
+              help="Folder for results.json, results.md and fps.png.")
+@friendly_errors
+def bench(model, size, levels, batches, group_size, runs, render_seconds, reference, quick, out_dir):
+    """Frames per second by precision level and batch size, beside PyTorch and the matmul peak.
+
+    \b
+    Examples:
+      musicviz-mlx bench --quick
+      musicviz-mlx bench --model random:sdxs-512-0.9 --levels float32,8bit,4bit --batches 1,4
+    """
+    from .benchmark import BenchConfig, run_benchmark, write_outputs
+
+    try:
+        config = BenchConfig(model=model, size=size, levels=tuple(v.strip() for v in levels.split(",") if v.strip()),
+                             batches=tuple(int(b) for b in batches.split(",") if b.strip()),
+                             group_size=int(group_size), runs=runs, render_seconds=render_seconds)
+    except ValueError:
+        raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
+    if quick:
+        config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
+                             render_seconds=2.0)
+    ref = _torch_reference(config.model) if reference else None
+    if reference and ref is None:
+        click.echo("note: no PyTorch reference (install the dev extra and run from a checkout)", err=True)
+    try:
+        result = run_benchmark(config, reference=ref, log=lambda line: click.echo(line, err=True))
+    finally:
+        if ref is not None:
+            ref.close()
+    for path in write_outputs(result, out_dir):
+        click.echo(str(path))
 
 
 if __name__ == "__main__":

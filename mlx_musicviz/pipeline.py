@@ -14,12 +14,13 @@ from pathlib import Path
 import mlx.core as mx
 
 from .convert import convert_checkpoint, read_record, resolve_source
-from .convert.checkpoint import WEIGHTS_NAME
+from .convert.checkpoint import DEFAULT_QUANTIZED, WEIGHTS_NAME, check_plan_matches, component_plan
 from .errors import MusicvizError
 from .models import CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
+from .models.quantized import MIXED_PRESET, apply_plan, quantization_plan, set_compute, weight_bytes
 from .scheduler import OneStepScheduler
-from .weights import load_into, load_safetensors
+from .weights import cast_floats, load_into, load_safetensors
 
 DEFAULT_MODEL = "IDKiro/sdxs-512-0.9"
 VAE_CHOICES = ("tiny", "large")
@@ -29,19 +30,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("MLX_MUSICVIZ_CACHE") or Path.home() / ".cache" / "mlx-musicviz")
 
 
-def resolve_model(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
-    """Folder of an MLX checkpoint for `path_or_repo`, converting (once, cached) if needed."""
+def resolve_model(path_or_repo: str | os.PathLike, revision: str | None = None, bits: int | None = None,
+                  group_size: int = 64, mixed: bool = False) -> Path:
+    """Folder of an MLX checkpoint for `path_or_repo`, converting (once, cached) if needed.
+
+    With `bits`, a float source is quantized once into the cache; a checkpoint that is already
+    quantized is used as it is (its record says how)."""
     folder, origin = resolve_source(path_or_repo, revision)
-    if read_record(folder) is not None:
+    record = read_record(folder)
+    if record is not None and (bits is None or record.get("quantization")):
         return folder
     key = f"{origin['source']}@{origin['revision']}"
+    if bits is not None:
+        key += f"|q{bits}g{group_size}{'m' if mixed else ''}"
+        origin = {**origin, "source": f"{origin['source']}-q{bits}"}
     if origin["revision"] is None:  # a local folder: re-convert when its weights change
         stamps = sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*.safetensors"))
         key += repr(stamps)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(origin["source"]).strip("/"))[-60:]
     target = cache_root() / "converted" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if read_record(target) is None:
-        convert_checkpoint(folder, target, revision=revision)
+        convert_checkpoint(folder, target, revision=revision, bits=bits, group_size=group_size, mixed=mixed)
     return target
 
 
@@ -73,8 +82,10 @@ class Pipeline:
                    load("vae"), scheduler, folder, dtype, read_record(folder))
 
     @classmethod
-    def random(cls, name: str, seed: int = 0, dtype=mx.float32) -> "Pipeline":
-        """A pipeline of a known architecture with random weights (images mean nothing)."""
+    def random(cls, name: str, seed: int = 0, dtype=mx.float32, bits: int | None = None, group_size: int = 64,
+               mixed: bool = False) -> "Pipeline":
+        """A pipeline of a known architecture with random weights (images mean nothing); with `bits`,
+        the text encoder and UNet are quantized in memory, as `convert --bits` would store them."""
         from .models import build_model
         from .random_models import random_configs
 
@@ -87,8 +98,30 @@ class Pipeline:
             modules[part].eval()
         tokenizer = CLIPTokenizer.from_pretrained().with_pad_token(pad)
         scheduler = OneStepScheduler.from_config(SchedulerConfig.from_dict(configs["scheduler"]))
-        return cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
+        pipe = cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
                    {"source": f"random:{name}"})
+        return pipe.quantize(bits, group_size, mixed) if bits else pipe
+
+    def quantize(self, bits: int, group_size: int = 64, mixed: bool = False,
+                 components: tuple[str, ...] = ("text_encoder", "unet")) -> "Pipeline":
+        """Quantize float components in memory, exactly as `convert --bits` stores them (weights
+        cast to float16, then quantized); returns self."""
+        quantization = dict(self.record.get("quantization", {}))
+        for name in components:
+            if name in quantization:
+                raise MusicvizError(f"{name} is already quantized")
+            module = getattr(self, name)
+            cast_floats(module, mx.float16)
+            plan = quantization_plan(module, bits, group_size, MIXED_PRESET if mixed else None)
+            apply_plan(module, plan)
+            set_compute(module, "auto", self.dtype)
+            cast_floats(module, self.dtype)
+            mx.eval(module.parameters())
+            quantization[name] = plan.to_dict()
+        self.record = {**self.record, "quantization": quantization}
+        self._temb = self.unet.time_embed(self.scheduler.timestep)
+        mx.eval(self._temb)
+        return self
 
     @property
     def vae_large(self):
@@ -97,6 +130,16 @@ class Pipeline:
                 raise MusicvizError(f"model {self.folder or self.record.get('source')} has no vae_large/ (the large VAE)")
             self._vae_large = _load_component(self.folder, "vae_large", self.dtype)
         return self._vae_large
+
+    @property
+    def quantization(self) -> dict:
+        """Per component: bits and group size of its quantized layers (empty: all float)."""
+        return {k: {"bits": v["bits"], "group_size": v["group_size"]}
+                for k, v in self.record.get("quantization", {}).items()}
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Resident bytes of each component's weights."""
+        return {name: weight_bytes(getattr(self, name)) for name in ("text_encoder", "unet", "vae")}
 
     @property
     def latent_channels(self) -> int:
@@ -145,13 +188,20 @@ class Pipeline:
 
 
 def _load_component(folder: Path, name: str, dtype):
+    """Build the component from its config (quantized layers where the record says), load its weights."""
     path = folder / name
     if not path.is_dir():
         raise MusicvizError(f"model {folder} is incomplete: no {name}/ folder")
     config = read_json(path / "config.json")
     module = build_model(config, str(path / "config.json"))
-    weights, _ = load_safetensors(path / WEIGHTS_NAME)
+    plan = component_plan(read_record(folder), name, str(folder))
+    weights, metadata = load_safetensors(path / WEIGHTS_NAME)
+    check_plan_matches(plan, metadata, path / WEIGHTS_NAME)
+    if plan is not None:
+        apply_plan(module, plan, quantize_weights=False)
+        set_compute(module, "auto", dtype)
     return load_into(module, weights, str(path / WEIGHTS_NAME), dtype)
+
 
 
 def to_uint8(images: mx.array) -> mx.array:
@@ -159,9 +209,15 @@ def to_uint8(images: mx.array) -> mx.array:
     return mx.round(mx.clip(images.astype(mx.float32) / 2 + 0.5, 0, 1) * 255).astype(mx.uint8)
 
 
-def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None) -> Pipeline:
+def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
+                  bits: int | None = None, group_size: int = 64, mixed: bool = False) -> Pipeline:
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
-    `random:NAME` (random weights of a known architecture: see `random_models`)."""
+    `random:NAME` (random weights of a known architecture: see `random_models`).
+
+    dtype: the compute dtype (activations). bits / group_size / mixed: quantize a float model
+    (converted once into the cache); a quantized checkpoint needs no flag, its record says how.
+    """
     if str(path_or_repo).startswith("random:"):
-        return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype)
-    return Pipeline.from_folder(resolve_model(path_or_repo, revision), dtype=dtype)
+        return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
+                               mixed=mixed)
+    return Pipeline.from_folder(resolve_model(path_or_repo, revision, bits, group_size, mixed), dtype=dtype)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import MusicvizError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt", ".pkl")
+QUANTIZATION_KEYS = (".scales", ".biases")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U32": 4, "BOOL": 1}
 
 
@@ -92,26 +93,41 @@ def check_weights(module: nn.Module, weights: dict[str, mx.array], source: str) 
     unexpected = sorted(set(weights) - set(expected))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise MusicvizError(f"{source}: missing weight {missing[0]}{more}; the file does not fit its config")
+        raise MusicvizError(f"{source}: missing weight {missing[0]}{more}; the file does not fit its config "
+                            "or quantization record")
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise MusicvizError(f"{source}: unexpected weight {unexpected[0]}{more}; the file does not fit its config")
+        raise MusicvizError(f"{source}: unexpected weight {unexpected[0]}{more}; the file does not fit its config "
+                            "or quantization record")
     for key, value in expected.items():
         if tuple(weights[key].shape) != tuple(value.shape):
             raise MusicvizError(
                 f"{source}: weight {key} has shape {tuple(weights[key].shape)}, "
-                f"the config needs {tuple(value.shape)}"
+                f"the config and quantization record need {tuple(value.shape)}"
             )
 
 
 def load_into(module: nn.Module, weights: dict[str, mx.array], source: str, dtype=None) -> nn.Module:
-    """Check and load weights into `module` (cast floating weights to `dtype` if given)."""
+    """Check and load weights into `module` (cast floating weights to `dtype` if given).
+
+    The scales and biases of quantized layers keep their stored dtype: quantized layers unpack
+    into the compute dtype themselves, and the weights stay small in memory.
+    """
     check_weights(module, weights, source)
     if dtype is not None:
-        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(QUANTIZATION_KEYS)
+                   else v for k, v in weights.items()}
     module.load_weights(list(weights.items()), strict=True)
     module.eval()
     mx.eval(module.parameters())
+    return module
+
+
+def cast_floats(module: nn.Module, dtype) -> nn.Module:
+    """Cast floating parameters to `dtype`, except the scales and biases of quantized layers."""
+    cast = [(k, v.astype(dtype)) for k, v in tree_flatten(module.parameters())
+            if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(QUANTIZATION_KEYS)]
+    module.update(tree_unflatten(cast), strict=False)
     return module
 
 

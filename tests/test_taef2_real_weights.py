@@ -44,3 +44,28 @@ def test_taef2_round_trip_psnr_matches_pytorch(taef2, photo):
     print(f"{photo}: MLX {got:.3f} dB, PyTorch {ref:.3f} dB")
     assert abs(got - ref) <= 0.05
     assert got > 25  # a broken port gives noise (< 15 dB); the reference is ~31-33 dB
+
+
+@pytest.mark.slow
+def test_taef2_quantized_convolutions_on_real_photos():
+    """Quantize every convolution of the real encoder and decoder; round-trip the real photos.
+    8 bits must stay within 0.5 dB of float; every level is reported."""
+    from mlx_musicviz.models.quantized import apply_plan, quantization_plan
+
+    path = TAEF2 / "taef2_encoder.safetensors"
+    photos = [load_photo(p) for p in PHOTOS]
+    baseline = [psnr(mlx_round_trip(AutoencoderTiny.from_pretrained(path), img), img) for img in photos]
+    print("TAEF2 float: " + ", ".join(f"{p} {v:.2f} dB" for p, v in zip(PHOTOS, baseline)))
+    for group_size in (32, 64, 128):
+        for bits in (8, 4):
+            vae = AutoencoderTiny.from_pretrained(path)
+            plan = quantization_plan(vae, bits, group_size)
+            apply_plan(vae, plan)
+            got = [psnr(mlx_round_trip(vae, img), img) for img in photos]
+            print(f"TAEF2 {bits}-bit g{group_size}: {len(plan.modules)} convolutions quantized, "
+                  f"{len(plan.float_modules)} kept float; " + ", ".join(f"{p} {v:.2f} dB" for p, v in zip(PHOTOS, got)))
+            assert len(plan.modules) > len(plan.float_modules) or group_size == 128
+            if bits == 8:
+                assert all(b - g <= 0.5 for b, g in zip(baseline, got))
+            else:
+                assert all(g > 20 for g in got)  # a broken layer gives noise (< 15 dB)
