@@ -8,6 +8,7 @@ Pure numpy arrays; no model needed.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,7 +211,9 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     else:
         y_harm = librosa.istft(harmonic * np.exp(1j * np.angle(librosa.stft(y, n_fft=2048, hop_length=HOP))),
                                hop_length=HOP, length=len(y))
-        chroma = librosa.feature.chroma_cqt(y=y_harm, sr=sr, hop_length=HOP)
+        with warnings.catch_warnings():  # short clips: the lowest CQT octaves are shorter than their FFT
+            warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+            chroma = librosa.feature.chroma_cqt(y=y_harm, sr=sr, hop_length=HOP)
     chroma = np.nan_to_num(chroma)[:, : len(ft)]
     ct = ft[: chroma.shape[1]]
     chroma_grid = np.clip(_on_grid(chroma.T, ct, times), 0, 1)

@@ -1,0 +1,321 @@
+"""The benchmark runner: frames per second by precision level, batch size and component.
+
+For each level (float32, float16, bfloat16, 8-bit, 4-bit) and batch size it times, after a
+warm-up, the median of `runs` calls of: the text encoder (one prompt), the UNet, the VAE decode
+and the whole frame (UNet + decode), and reports frames per second, resident weight bytes, mlx
+peak memory, the error against float32 (relative L2 of the UNet output, PSNR of the frame) and
+the achieved GFLOP/s against the machine's float32 matmul peak measured in the same run.
+
+A reference (see benchmarks/torch_reference.py, used when torch and diffusers are installed)
+times the same architecture with the same weights in PyTorch, so each MLX time sits beside a
+PyTorch time from the same run. This module itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from . import __version__
+from .errors import MusicvizError
+
+LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+PROMPT = "a lighthouse on a cliff in a storm, oil painting"
+
+
+@dataclass
+class BenchConfig:
+    model: str = "random:sdxs-512-0.9"
+    size: int = 512
+    levels: tuple[str, ...] = ("float32", "8bit", "4bit")
+    batches: tuple[int, ...] = (1, 4)
+    group_size: int = 64
+    runs: int = 3
+    render_seconds: float = 10.0
+    audio: str | None = None  # default: the bundled trumpet clip
+
+
+@dataclass
+class BenchResult:
+    config: dict
+    machine: dict
+    matmul_gflops: float = 0.0
+    flops: dict = field(default_factory=dict)  # component -> FLOPs per image
+    rows: list = field(default_factory=list)  # one per level x batch
+    reference: list = field(default_factory=list)  # PyTorch rows (float32)
+    render: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, default=float)
+
+
+def median_time(fn, runs: int) -> float:
+    """Seconds: median of `runs` timed calls after one warm-up call. `fn` must evaluate its work."""
+    fn()
+    times = []
+    for _ in range(max(runs, 1)):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul in mlx (the machine's practical peak for this backend)."""
+    a = mx.random.normal((n, n), key=mx.random.key(0))
+    mx.eval(a)
+    return 2 * n**3 / median_time(lambda: mx.eval(a @ a), runs) / 1e9
+
+
+def count_flops(fn) -> float:
+    """FLOPs of one call of `fn`: 2 x multiply-adds of every convolution, linear layer and attention
+    product it runs (elementwise work is not counted)."""
+    from .models import layers, quantized, text_encoder
+
+    total = [0.0]
+    originals = {}
+
+    def patch(cls, count):
+        originals[cls] = cls.__call__
+
+        def call(self, *args, **kwargs):
+            out = originals[cls](self, *args, **kwargs)
+            total[0] += count(self, args, out)
+            return out
+
+        cls.__call__ = call
+
+    def conv(self, args, out):
+        w = self.kernel_shape if hasattr(self, "kernel_shape") else self.weight.shape
+        return 2.0 * out.size * w[1] * w[2] * w[3]
+
+    def linear(self, args, out):
+        return 2.0 * out.size * args[0].shape[-1]
+
+    def attention(self, args, out):
+        x = args[0]
+        context = args[1] if len(args) > 1 and args[1] is not None else x
+        return 4.0 * x.shape[0] * x.shape[1] * context.shape[1] * out.shape[-1]
+
+    def clip_attention(self, args, out):
+        x = args[0]
+        return 4.0 * x.shape[0] * x.shape[1] * x.shape[1] * x.shape[2]
+
+    patch(nn.Conv2d, conv)
+    patch(quantized.QuantizedConv2d, conv)
+    patch(nn.Linear, linear)
+    patch(quantized.QuantizedLinear, linear)
+    patch(layers.Attention, attention)
+    patch(text_encoder.CLIPAttention, clip_attention)
+    try:
+        fn()
+    finally:
+        for cls, original in originals.items():
+            cls.__call__ = original
+    return total[0]
+
+
+def machine_info() -> dict:
+    from ._blas import blas_provider
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpus": __import__("os").cpu_count(), "mlx": mx.__version__, "device": str(mx.default_device()),
+            "blas": blas_provider(), "mlx_musicviz": __version__, "python": platform.python_version()}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _pipeline(source, level: str, group_size: int):
+    from .pipeline import load_pipeline
+
+    if level in DTYPES:
+        return load_pipeline(source, dtype=DTYPES[level])
+    bits = int(level.removesuffix("bit"))
+    return load_pipeline(source).quantize(bits, group_size)
+
+
+def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
+    """Run the benchmark. `reference`: an object with `source` (a model mlx-musicviz can load with
+    the reference's weights) and `time(batch, size, runs) -> dict` (seconds per component)."""
+    unknown = [lv for lv in config.levels if lv not in LEVELS]
+    if unknown:
+        raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+    if any(b < 1 for b in config.batches):
+        raise MusicvizError("batch sizes must be at least 1")
+    result = BenchResult(config=dict(config.__dict__), machine=machine_info())
+    result.matmul_gflops = matmul_peak()
+    log(f"float32 matmul peak: {result.matmul_gflops:.0f} GFLOP/s ({result.machine['blas']})")
+    source = reference.source if reference is not None else config.model
+
+    baseline = {}
+    for level in config.levels:
+        pipe = _pipeline(source, level, config.group_size)
+        latent = pipe.latent_shape(config.size, config.size)[1:]
+        emb = pipe.encode_prompt(PROMPT)
+        mx.eval(emb)
+        if not result.flops:
+            one = mx.random.normal((1, *latent), key=mx.random.key(0))
+            noise = pipe.unet(one.astype(pipe.dtype), None, emb.astype(pipe.dtype), temb=pipe._temb)
+            result.flops = {
+                "unet": count_flops(lambda: mx.eval(pipe.unet(one, None, emb, temb=pipe._temb))),
+                "vae": count_flops(lambda: mx.eval(pipe.vae.decode(noise))),
+                "text_encoder": count_flops(lambda: mx.eval(pipe.encode_prompt(PROMPT))),
+            }
+            log("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()))
+        text_time = median_time(lambda: mx.eval(pipe.encode_prompt(PROMPT)), config.runs)
+        for batch in config.batches:
+            latents = mx.random.normal((batch, *latent), key=mx.random.key(1))
+            embs = mx.broadcast_to(emb, (batch, *emb.shape[1:]))
+            mx.eval(latents, embs)
+            denoised = pipe.denoise(latents, embs)
+            mx.eval(denoised)
+            mx.reset_peak_memory()
+            unet = median_time(lambda: mx.eval(pipe.denoise(latents, embs)), config.runs)
+            vae = median_time(lambda: mx.eval(pipe.decode(denoised)), config.runs)
+            frame = median_time(lambda: mx.eval(pipe.generate(latents, embs)), config.runs)
+            noise = pipe.unet(latents.astype(pipe.dtype), None, embs.astype(pipe.dtype), temb=pipe._temb)
+            image = np.array(pipe.decode(pipe.scheduler.step(noise, latents.astype(pipe.dtype))))
+            noise = np.array(noise.astype(mx.float32))
+            row = {"level": level, "batch": batch, "text_encoder_s": text_time, "unet_s": unet / batch,
+                   "vae_s": vae / batch, "frame_s": frame / batch, "fps": batch / frame,
+                   "weight_bytes": pipe.weight_bytes(), "peak_memory": mx.get_peak_memory(),
+                   "unet_gflops": result.flops["unet"] * batch / unet / 1e9,
+                   "vae_gflops": result.flops["vae"] * batch / vae / 1e9}
+            row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
+            if level == "float32":
+                baseline[batch] = (noise, image)
+            if batch in baseline:
+                ref_noise, ref_image = baseline[batch]
+                row["unet_rel_l2"] = float(np.linalg.norm(noise - ref_noise) / np.linalg.norm(ref_noise))
+                row["frame_psnr"] = _psnr(image, ref_image)
+            result.rows.append(row)
+            log(f"{level:>8} b{batch}: frame {row['frame_s']:.3f} s ({row['fps']:.2f} fps), UNet {row['unet_s']:.3f} s "
+                f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s, "
+                f"weights {sum(row['weight_bytes'].values()) / 2**20:.0f} MiB")
+        del pipe
+
+    if reference is not None:
+        for batch in config.batches:
+            times = reference.time(batch, config.size, config.runs)
+            row = {"level": "pytorch-float32", "batch": batch, **{f"{k}_s": v for k, v in times.items()}}
+            row["fps"] = 1.0 / row["frame_s"]
+            mine = next((r for r in result.rows if r["level"] == "float32" and r["batch"] == batch), None)
+            if mine is not None:
+                row["mlx_over_pytorch"] = {k: mine[f"{k}_s"] / row[f"{k}_s"] for k in ("unet", "vae", "frame")}
+            result.reference.append(row)
+            log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s, VAE {row['vae_s']:.3f} s"
+                + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if mine else ""))
+
+    if config.render_seconds > 0:
+        result.render = bench_render(source, config)
+        r = result.render
+        log(f"render {r['seconds']:.0f} s of audio: {r['frames']} frames in {r['total_s']:.1f} s; outside the model "
+            f"{r['overhead_fraction']:.1%} (" + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items()) + ")")
+    return result
+
+
+def bench_render(source, config: BenchConfig) -> dict:
+    """End-to-end render of a clip: where the time goes, and the share outside the model."""
+    import tempfile
+
+    from .pipeline import load_pipeline
+    from .rendering import DEMO_AUDIO, render
+
+    pipe = load_pipeline(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = render(config.audio or DEMO_AUDIO, PROMPT, output=Path(tmp) / "bench.mp4", pipeline=pipe,
+                     size=config.size, fps=24, duration=config.render_seconds, batch_size=max(config.batches))
+    times = {k: v for k, v in res.times.items() if k != "total"}
+    outside = res.times["total"] - res.times["model"] - res.times.get("load", 0.0)
+    return {"seconds": res.duration, "frames": res.frames, "total_s": res.times["total"], "times": times,
+            "overhead_fraction": outside / max(res.times["total"] - res.times.get("load", 0.0), 1e-9),
+            "fps": res.frames / max(res.times["model"] + res.times["encode"], 1e-9)}
+
+
+def markdown(result: BenchResult) -> str:
+    m = result.machine
+    lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {m['device']}, BLAS: {m['blas']}; "
+             f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s. Model {result.config['model']} at "
+             f"{result.config['size']}x{result.config['size']}; GFLOP per image: "
+             + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
+             "| level | batch | frame s | fps | UNet s | VAE s | text enc. s | UNet GFLOP/s (% peak) | weights MiB "
+             "| peak MiB | UNet rel L2 | frame PSNR dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        err = f"{r['unet_rel_l2']:.4f}" if "unet_rel_l2" in r else "-"
+        psnr = f"{r['frame_psnr']:.1f}" if "frame_psnr" in r else "-"
+        lines.append(f"| {r['level']} | {r['batch']} | {r['frame_s']:.3f} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
+                     f"{r['vae_s']:.3f} | {r['text_encoder_s']:.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) | "
+                     f"{sum(r['weight_bytes'].values()) / 2**20:.0f} | {r['peak_memory'] / 2**20:.0f} | {err} | {psnr} |")
+    for r in result.reference:
+        ratio = r.get("mlx_over_pytorch", {})
+        lines.append(f"| PyTorch float32 | {r['batch']} | {r['frame_s']:.3f} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
+                     f"{r['vae_s']:.3f} | {r.get('text_encoder_s', 0):.3f} | - | - | - | - | - |")
+        if ratio:
+            lines.append(f"| MLX / PyTorch | {r['batch']} | {ratio['frame']:.2f}x | | {ratio['unet']:.2f}x | "
+                         f"{ratio['vae']:.2f}x | | | | | | |")
+    if result.render:
+        r = result.render
+        lines += ["", f"End-to-end render of {r['seconds']:.1f} s of audio ({r['frames']} frames): {r['total_s']:.1f} s; "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items())
+                  + f"; outside the model {r['overhead_fraction']:.1%}."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: BenchResult, path: Path) -> None:
+    """A PNG bar chart: frames per second per level, one bar per batch size."""
+    from PIL import Image, ImageDraw
+
+    rows = result.rows + result.reference
+    levels = list(dict.fromkeys(r["level"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    top = max(r["fps"] for r in rows) * 1.15
+    w, h, left, bottom = 120 + 110 * len(levels), 360, 60, 300
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    colors = [(52, 101, 164), (245, 121, 0), (78, 154, 6), (204, 0, 0), (117, 80, 123)]
+    d.line([(left, 20), (left, bottom), (w - 20, bottom)], fill="black")
+    for i in range(5):
+        v = top * i / 4
+        y = bottom - (bottom - 20) * i / 4
+        d.text((5, y - 6), f"{v:.2f}", fill="black")
+    bar = 90 / max(len(batches), 1)
+    for i, level in enumerate(levels):
+        x0 = left + 20 + i * 110
+        d.text((x0, bottom + 8), level, fill="black")
+        for j, b in enumerate(batches):
+            r = next((r for r in rows if r["level"] == level and r["batch"] == b), None)
+            if r is None:
+                continue
+            y = bottom - (bottom - 20) * r["fps"] / top
+            d.rectangle([x0 + j * bar, y, x0 + (j + 1) * bar - 2, bottom], fill=colors[j % len(colors)])
+    for j, b in enumerate(batches):
+        d.rectangle([w - 90, 20 + 16 * j, w - 80, 30 + 16 * j], fill=colors[j % len(colors)])
+        d.text((w - 75, 18 + 16 * j), f"batch {b}", fill="black")
+    d.text((left, bottom + 30), f"frames per second, {result.config['model']} {result.config['size']}px, "
+           f"{result.machine['machine']} {result.machine['cpus']} CPUs ({result.machine['device']})", fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def write_outputs(result: BenchResult, out_dir: Path) -> list[Path]:
+    from .weights import write_json
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "results.json", json.loads(result.to_json()))
+    (out_dir / "results.md").write_text(markdown(result), encoding="utf-8")
+    chart(result, out_dir / "fps.png")
+    return [out_dir / "results.json", out_dir / "results.md", out_dir / "fps.png"]

@@ -1,0 +1,49 @@
+"""The benchmark runner works end to end (it asserts no speed: numbers are reported, not tested)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mlx_musicviz.benchmark import count_flops
+from mlx_musicviz.pipeline import Pipeline
+
+
+def test_flop_count_of_the_full_size_unet_matches_the_architecture():
+    """406 GFLOP for sdxs-512-0.9's UNet at 512x512 (counted independently for the issue)."""
+    import mlx.core as mx
+
+    pipe = Pipeline.random("sdxs-512-0.9")
+    latents = mx.zeros((1, 64, 64, 4))
+    emb = mx.zeros((1, 77, 1024))
+    flops = count_flops(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
+    vae = count_flops(lambda: mx.eval(pipe.vae.decode(latents)))
+    assert 395e9 < flops < 415e9, flops
+    assert 135e9 < vae < 145e9, vae
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["matmul_gflops"] > 0 and data["flops"]["unet"] > 0
+    levels = {(r["level"], r["batch"]) for r in data["rows"]}
+    assert levels == {(lv, b) for lv in ("float32", "8bit", "4bit") for b in (1, 2)}
+    for row in data["rows"]:
+        assert row["fps"] > 0 and row["frame_s"] > 0
+        assert sum(row["weight_bytes"].values()) > 0 and row["peak_memory"] > 0
+    by = {(r["level"], r["batch"]): r for r in data["rows"]}
+    assert sum(by[("4bit", 1)]["weight_bytes"].values()) < sum(by[("float32", 1)]["weight_bytes"].values())
+    assert by[("8bit", 1)]["unet_rel_l2"] < 0.05 and by[("float32", 1)]["unet_rel_l2"] == 0
+    # The PyTorch reference (the dev extra is installed wherever the tests run).
+    assert {r["batch"] for r in data["reference"]} == {1, 2}
+    assert all(r["mlx_over_pytorch"]["frame"] > 0 for r in data["reference"])
+    assert data["render"]["frames"] == 48 and 0 <= data["render"]["overhead_fraction"] < 1
+    assert "| float32 | 1 |" in (out / "results.md").read_text()
+    assert Image.open(out / "fps.png").size[0] > 100
