@@ -174,13 +174,16 @@ def demo(prompt, output, model, **kw):
 @click.option("--fps", type=float, default=30, show_default=True)
 @click.option("--start", type=float, default=None)
 @click.option("--duration", type=float, default=None)
+@click.option("--out", "chart", type=click.Path(), default=None,
+              help="Also draw the features and both walks into this PNG.")
 @friendly_errors
-def analyze(song, fps, start, duration):
-    """Print what the video will follow: tempo, beats, onsets, sections.
+def analyze(song, fps, start, duration, chart):
+    """Print what the video will follow: tempo, beats, onsets, sections (and chart it with --out).
 
     \b
-    Example:
+    Examples:
       musicviz-mlx analyze song.mp3 --fps 30
+      musicviz-mlx analyze song.mp3 --out features.png
     """
     from .audio import analyze as run
 
@@ -188,7 +191,10 @@ def analyze(song, fps, start, duration):
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, tempo {f.tempo:.1f} BPM, "
                f"{len(f.beat_times)} beats, {len(f.onset_times)} onsets, sections at "
                + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
+    if chart:
+        from .charts import features_chart
 
+        click.echo(f"chart: {features_chart(f, chart)}")
 
 
 def _torch_reference(model: str):
@@ -206,7 +212,6 @@ def _torch_reference(model: str):
     from torch_reference import TorchReference
 
     return TorchReference(model)
-
 
 
 def _mel_overrides(**kw) -> dict:

@@ -137,3 +137,23 @@ def test_bad_fps(bad, msg):
 def test_shorter_than_one_frame():
     with pytest.raises(MusicvizError, match="too short"):
         analyze((np.zeros(100, np.float32), SR), fps=30)
+
+
+def test_analyze_cli_draws_the_features_chart(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out = tmp_path / "features.png"
+    song = str(SHARED / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg")
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    image = Image.open(out)
+    assert image.size[0] == 1400 and image.size[1] > 600
+    pixels = np.asarray(image.convert("L"))
+    assert (pixels < 128).mean() > 0.02  # curves and heat maps were drawn, not a blank canvas
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(tmp_path / "x.jpg")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -150,3 +150,17 @@ def test_cli_help_and_version():
         r = cli(*args)
         assert r.returncode == 0
     assert "Examples" in cli("render", "--help").stdout
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_song(tmp_path):
+    """A 60 s render holds no more than a 10 s one (within 15%): frames stream to the encoder."""
+    song = SHARED / "data" / "audio" / "Karissa_Hobbs_-_Lets_Go_Fishin.ogg"
+    peaks = {}
+    for seconds in (10, 60):
+        r = render(str(song), "a river at dawn", output=tmp_path / f"{seconds}.mp4", model="random:tiny", size=64,
+                   fps=6, duration=seconds, batch_size=4)
+        assert r.frames == round(seconds * 6)
+        peaks[seconds] = r.peak_memory
+    print(f"mlx peak memory: 10 s {peaks[10] / 2**20:.1f} MiB, 60 s {peaks[60] / 2**20:.1f} MiB")
+    assert peaks[60] <= 1.15 * peaks[10]
