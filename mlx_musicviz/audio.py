@@ -211,8 +211,10 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     else:
         y_harm = librosa.istft(harmonic * np.exp(1j * np.angle(librosa.stft(y, n_fft=2048, hop_length=HOP))),
                                hop_length=HOP, length=len(y))
-        with warnings.catch_warnings():  # short clips: the lowest CQT octaves are shorter than their FFT
+        with warnings.catch_warnings():  # short clips (the lowest CQT octaves are shorter than their FFT)
             warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+            # and clicks or noise (no pitched peak to estimate tuning from: librosa then assumes A440)
+            warnings.filterwarnings("ignore", message="Trying to estimate tuning", category=UserWarning)
             chroma = librosa.feature.chroma_cqt(y=y_harm, sr=sr, hop_length=HOP)
     chroma = np.nan_to_num(chroma)[:, : len(ft)]
     ct = ft[: chroma.shape[1]]

@@ -157,7 +157,11 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
     result = BenchResult(config=dict(config.__dict__), machine=machine_info())
     result.matmul_gflops = matmul_peak()
     log(f"float32 matmul peak: {result.matmul_gflops:.0f} GFLOP/s ({result.machine['blas']})")
-    source = reference.source if reference is not None else config.model
+    source = config.model
+    if reference is not None:  # convert once beside the reference's files (removed with them), not into the cache
+        from .convert import convert_checkpoint
+
+        source = convert_checkpoint(reference.source, Path(reference.source).parent / "mlx")
 
     baseline = {}
     for level in config.levels:

@@ -13,7 +13,9 @@ from mlx_musicviz.pipeline import Pipeline
 
 
 def test_flop_count_of_the_full_size_unet_matches_the_architecture():
-    """406 GFLOP for sdxs-512-0.9's UNet at 512x512 (counted independently for the issue)."""
+    """sdxs-512-0.9 at 512x512: 406 GFLOP of convolutions and linear layers in the UNet (the issue's
+    independent count) plus ~12.4 GFLOP of attention products (4 n m d per attention); 141 GFLOP
+    for the tiny-VAE decode."""
     import mlx.core as mx
 
     pipe = Pipeline.random("sdxs-512-0.9")
@@ -21,7 +23,7 @@ def test_flop_count_of_the_full_size_unet_matches_the_architecture():
     emb = mx.zeros((1, 77, 1024))
     flops = count_flops(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
     vae = count_flops(lambda: mx.eval(pipe.vae.decode(latents)))
-    assert 395e9 < flops < 415e9, flops
+    assert 412e9 < flops < 424e9, flops
     assert 135e9 < vae < 145e9, vae
 
 

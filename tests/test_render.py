@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import av
+import mlx.core as mx
 import numpy as np
 import pytest
 from reference import SHARED
@@ -164,3 +165,43 @@ def test_peak_memory_does_not_grow_with_the_song(tmp_path):
         peaks[seconds] = r.peak_memory
     print(f"mlx peak memory: 10 s {peaks[10] / 2**20:.1f} MiB, 60 s {peaks[60] / 2**20:.1f} MiB")
     assert peaks[60] <= 1.15 * peaks[10]
+
+
+def test_video_frames_follow_the_beat_walk(tmp_path):
+    """With a pass-through model (frame = the walk's latents seen as RGB, no network, so nothing
+    saturates), the change between consecutive video frames follows the noise walk's angular speed
+    on a 120 BPM click track: eased steps from beat to beat, still at the beats themselves.
+    The random-weight model cannot show this (its one-step output saturates)."""
+    from mlx_musicviz.pipeline import Pipeline, to_uint8
+    from mlx_musicviz.walkers import NoiseWalkConfig, angle_schedule
+
+    sr, fps, bpm = 22050, 12, 120
+    y = np.zeros(sr * 8, dtype=np.float32)
+    for t in np.arange(0.25, 8, 60 / bpm):
+        i = int(t * sr)
+        y[i:i + 400] += np.random.default_rng(int(t * 100)).standard_normal(400).astype(np.float32) * np.hanning(400)
+    pipe = Pipeline.random("tiny")
+
+    def pass_through(latents, prompt_embeds, vae="tiny"):
+        rgb = mx.repeat(mx.repeat(latents[..., :3], 8, axis=1), 8, axis=2)
+        return to_uint8(mx.clip(rgb * 0.3, -1, 1))
+
+    pipe.generate = pass_through
+    walk = NoiseWalkConfig(regional=False)
+    result = render((y, sr), "x", output=tmp_path / "walk.mp4", pipeline=pipe, size=64, fps=fps, noise=walk, crf=4)
+    with av.open(str(result.output)) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24").astype(float) for f in c.decode(video=0)])
+    change = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+
+    from mlx_musicviz import analyze
+
+    features = analyze((y, sr), fps=fps)
+    speed = np.abs(np.diff(angle_schedule(features, walk)))
+    r = np.corrcoef(change, speed[: len(change)])[0, 1]
+    beats = features.frame_of(features.beat_times)
+    beats = beats[(beats > 0) & (beats < len(change))]
+    mid = np.clip(beats + round(fps * 60 / bpm / 2), 0, len(change) - 1)
+    print(f"frame change vs walk speed: r = {r:.3f}; at beats {change[beats - 1].mean():.2f}, "
+          f"mid-beat {change[mid - 1].mean():.2f}")
+    assert r > 0.9
+    assert change[mid - 1].mean() > 2 * change[beats - 1].mean()
