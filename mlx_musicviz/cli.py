@@ -111,15 +111,18 @@ def _run_render(song, prompt, output, model, **kw):
     model = model or DEFAULT_MODEL
     if str(model).startswith("random:"):
         click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
-    bar = {"t0": None}
+    bar = {}
 
     def progress(done, total):
         import time
 
-        if bar["t0"] is None:
-            bar["t0"] = time.perf_counter()
-        elapsed = max(time.perf_counter() - bar["t0"], 1e-9)
-        fps = done / elapsed
+        # Rates count from the first finished batch on: the first one also paid for warm-up.
+        now = time.perf_counter()
+        if not bar:
+            bar.update(t0=now, done0=done)
+            click.echo(f"\r  {done}/{total} frames", nl=False, err=True)
+            return
+        fps = (done - bar["done0"]) / max(now - bar["t0"], 1e-9)
         rtf = fps / kw["fps"]
         eta = (total - done) / max(fps, 1e-9)
         click.echo(f"\r  {done}/{total} frames  {fps:5.2f} fps  {rtf:5.3f}x real time  ETA {eta:6.0f} s", nl=False,
