@@ -83,13 +83,20 @@ def count_flops(fn) -> float:
 
     total = [0.0]
     originals = {}
+    depth = {}  # per kind: a subclass calling its parent's __call__ is counted once
 
-    def patch(cls, count):
-        originals[cls] = cls.__call__
+    def patch(cls, count, kind):
+        originals[cls] = cls.__dict__["__call__"]
+        depth.setdefault(kind, 0)
 
         def call(self, *args, **kwargs):
-            out = originals[cls](self, *args, **kwargs)
-            total[0] += count(self, args, out)
+            depth[kind] += 1
+            try:
+                out = originals[cls](self, *args, **kwargs)
+            finally:
+                depth[kind] -= 1
+            if depth[kind] == 0:
+                total[0] += count(self, args, out)
             return out
 
         cls.__call__ = call
@@ -110,12 +117,13 @@ def count_flops(fn) -> float:
         x = args[0]
         return 4.0 * x.shape[0] * x.shape[1] * x.shape[1] * x.shape[2]
 
-    patch(nn.Conv2d, conv)
-    patch(quantized.QuantizedConv2d, conv)
-    patch(nn.Linear, linear)
-    patch(quantized.QuantizedLinear, linear)
-    patch(layers.Attention, attention)
-    patch(text_encoder.CLIPAttention, clip_attention)
+    patch(nn.Conv2d, conv, "conv")
+    patch(layers.Conv2d, conv, "conv")
+    patch(quantized.QuantizedConv2d, conv, "conv")
+    patch(nn.Linear, linear, "linear")
+    patch(quantized.QuantizedLinear, linear, "linear")
+    patch(layers.Attention, attention, "attention")
+    patch(text_encoder.CLIPAttention, clip_attention, "attention")
     try:
         fn()
     finally:

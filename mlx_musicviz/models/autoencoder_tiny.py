@@ -12,29 +12,29 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .configs import TinyVAEConfig
-from .layers import group_norm, upsample_nearest
+from .layers import Conv2d, group_norm, upsample_nearest
 
 
 class TinyBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, midblock_gn: bool = False):
         super().__init__()
         self.conv = [
-            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            Conv2d(in_channels, out_channels, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         ]
         if in_channels != out_channels:
-            self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+            self.skip = Conv2d(in_channels, out_channels, 1, bias=False)
         if midblock_gn:
             # TAESD FLUX.2 branch: 1x1 conv -> GroupNorm(4) -> ReLU -> 1x1 conv, added to the input.
             wide = in_channels * 4
             self.pool = [
-                nn.Conv2d(in_channels, wide, 1, bias=False),
+                Conv2d(in_channels, wide, 1, bias=False),
                 group_norm(4, wide, 1e-5),
                 nn.ReLU(),
-                nn.Conv2d(wide, in_channels, 1, bias=False),
+                Conv2d(wide, in_channels, 1, bias=False),
             ]
 
     def __call__(self, x):
@@ -69,13 +69,13 @@ class EncoderTiny(nn.Module):
         layers, index = [], 0
         for i, n in enumerate(counts):
             if i == 0:
-                layers.append(nn.Conv2d(config.in_channels, ch[0], 3, padding=1))
+                layers.append(Conv2d(config.in_channels, ch[0], 3, padding=1))
             else:
-                layers.append(nn.Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1, bias=False))
+                layers.append(Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1, bias=False))
             for _ in range(n):
                 layers.append(TinyBlock(ch[i], ch[i], index >= total - config.midblock_gn_blocks))
                 index += 1
-        layers.append(nn.Conv2d(ch[-1], config.latent_channels, 3, padding=1))
+        layers.append(Conv2d(ch[-1], config.latent_channels, 3, padding=1))
         self.layers = layers
 
     def __call__(self, images):
@@ -88,7 +88,7 @@ class DecoderTiny(nn.Module):
         super().__init__()
         ch = config.decoder_block_out_channels
         counts = config.num_decoder_blocks
-        layers = [nn.Conv2d(config.latent_channels, ch[0], 3, padding=1), nn.ReLU()]
+        layers = [Conv2d(config.latent_channels, ch[0], 3, padding=1), nn.ReLU()]
         index = 0
         for i, n in enumerate(counts):
             final = i == len(counts) - 1
@@ -98,7 +98,7 @@ class DecoderTiny(nn.Module):
             if not final:
                 layers.append(Upsample(config.upsampling_scaling_factor))
             out = config.out_channels if final else ch[i]
-            layers.append(nn.Conv2d(ch[i], out, 3, padding=1, bias=final))
+            layers.append(Conv2d(ch[i], out, 3, padding=1, bias=final))
         self.layers = layers
 
     def __call__(self, latents):
