@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import MusicvizError
 from ..models import AutoencoderTiny, TinyVAEConfig, build_model, class_name_of
 from ..models.configs import read_json
-from ..models.quantized import MIXED_PRESET, QuantizationPlan, apply_plan, quantization_plan
+from ..models.quantized import MIXED_PRESET, QuantizationPlan, quantize_module
 from ..weights import (
     PICKLE_SUFFIXES,
     QUANTIZATION_KEYS,
@@ -153,16 +153,12 @@ def load_converted_component(folder: Path, dtype=None) -> tuple[dict, dict[str, 
 def quantize_component(config: dict, weights: dict[str, mx.array], bits: int, group_size: int,
                        overrides: dict[str, int | None] | None, dtype) -> tuple[dict[str, mx.array], QuantizationPlan]:
     """Quantize one component's MLX weights; scales, biases and float layers are stored in `dtype`."""
-    model = build_model(config)
-    model.load_weights(list(weights.items()), strict=True)
-    model.set_dtype(dtype)
-    plan = quantization_plan(model, bits, group_size, overrides)
-    apply_plan(model, plan)
     from mlx.utils import tree_flatten
 
-    quantized = dict(tree_flatten(model.parameters()))
-    mx.eval(quantized)
-    return quantized, plan
+    model = build_model(config)
+    model.load_weights(list(weights.items()), strict=True)
+    plan = quantize_module(model, bits, group_size, overrides, dtype)
+    return dict(tree_flatten(model.parameters())), plan
 
 
 def convert_checkpoint(

@@ -18,7 +18,7 @@ from .convert.checkpoint import DEFAULT_QUANTIZED, WEIGHTS_NAME, check_plan_matc
 from .errors import MusicvizError
 from .models import CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
-from .models.quantized import MIXED_PRESET, apply_plan, quantization_plan, set_compute, weight_bytes
+from .models.quantized import MIXED_PRESET, apply_plan, quantize_module, set_compute, weight_bytes
 from .scheduler import OneStepScheduler
 from .weights import cast_floats, load_into, load_safetensors
 
@@ -111,9 +111,7 @@ class Pipeline:
             if name in quantization:
                 raise MusicvizError(f"{name} is already quantized")
             module = getattr(self, name)
-            cast_floats(module, mx.float16)
-            plan = quantization_plan(module, bits, group_size, MIXED_PRESET if mixed else None)
-            apply_plan(module, plan)
+            plan = quantize_module(module, bits, group_size, MIXED_PRESET if mixed else None)
             set_compute(module, "auto", self.dtype)
             cast_floats(module, self.dtype)
             mx.eval(module.parameters())

@@ -286,6 +286,17 @@ def quantization_plan(model: nn.Module, bits: int, group_size: int = 64,
     return plan
 
 
+def quantize_module(model: nn.Module, bits: int, group_size: int = 64,
+                    overrides: dict[str, int | None] | None = None, storage_dtype=mx.float16) -> QuantizationPlan:
+    """Quantize `model` in place as checkpoints store it: floating weights cast to `storage_dtype`
+    (the dtype of scales, biases and float layers), then the planned layers quantized."""
+    model.set_dtype(storage_dtype)
+    plan = quantization_plan(model, bits, group_size, overrides)
+    apply_plan(model, plan)
+    mx.eval(model.parameters())
+    return plan
+
+
 def apply_plan(model: nn.Module, plan: QuantizationPlan, quantize_weights: bool = True) -> nn.Module:
     """Swap the planned modules for quantized ones, in place.
 
