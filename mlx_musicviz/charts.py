@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .audio import NOTE_NAMES, AudioFeatures
 from .errors import MusicvizError
+from .files import atomic_output, check_output_path
 from .walkers import NoiseWalkConfig, PromptWalkConfig, angle_schedule, note_weights
 
 WIDTH = 1400
@@ -31,8 +31,7 @@ def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise MusicvizError(f"the chart is a PNG: give a path ending in .png, not {path.name}")
-    if path.is_dir() or not path.parent.is_dir():
-        raise MusicvizError(f"cannot write the chart to {path}")
+    check_output_path(path)
     n = max(features.n_frames, 1)
     angles = angle_schedule(features, noise or NoiseWalkConfig())
     speed = np.abs(np.diff(angles, prepend=angles[:1])) * features.fps
@@ -87,12 +86,6 @@ def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str 
     for s in range(0, int(features.duration) + 1, max(1, int(features.duration // 10) or 1)):
         xx = float(x_of(s * features.fps))
         d.text((xx, y + 5), f"{s}s", fill="black")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -281,14 +281,13 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
     """
     from pathlib import Path
 
-    from .spectrogram import images_to_audio, write_audio
+    from .spectrogram import check_audio_output, images_to_audio, write_audio
 
     if iterations < 1:
         raise MusicvizError("iterations must be at least 1")
     overrides = _mel_overrides(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
                                f_max=f_max)
-    if Path(output).suffix.lower() not in (".wav", ".flac"):
-        raise MusicvizError(f"output must end in .wav or .flac, not {Path(output).name}")
+    check_audio_output(output)
     samples, rate = images_to_audio([Path(i) for i in images], iterations, overrides, preset)
     write_audio(Path(output), samples, rate)
     click.echo(f"{output}: {samples.shape[-1] / rate:.2f} s at {rate} Hz")

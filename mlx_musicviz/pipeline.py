@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .convert import convert_checkpoint, read_record, resolve_source
-from .convert.checkpoint import DEFAULT_QUANTIZED, WEIGHTS_NAME, check_plan_matches, component_plan
+from .convert.checkpoint import WEIGHTS_NAME, check_plan_matches, component_plan
 from .errors import MusicvizError
 from .models import CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json

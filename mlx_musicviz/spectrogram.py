@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MusicvizError
+from .files import atomic_output, check_output_path
 
 METADATA_KEY = "musicviz-mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma")
@@ -147,16 +148,8 @@ def save_png(image, metadata: dict, path: Path) -> None:
 
     info = PngInfo()
     info.add_text(METADATA_KEY, json.dumps(metadata))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, make_parents=True) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def find_audio(src: Path) -> list[Path]:
@@ -297,30 +290,24 @@ def images_to_audio(paths: list[Path], iterations: int = 64, override: dict | No
     return y.astype(np.float32), params.sample_rate
 
 
-def write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
-    """WAV or FLAC (by suffix), written atomically."""
-    import soundfile
-
+def check_audio_output(path: str | os.PathLike) -> str:
+    """The soundfile format of an output path (WAV or FLAC, by suffix), after checking it can be
+    written: call it before the work, so a bad path fails at once."""
     path = Path(path)
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise MusicvizError(f"output must end in .wav or .flac, not {path.name}")
-    if path.is_dir():
-        raise MusicvizError(f"{path} is a folder")
-    if not path.parent.is_dir():
-        raise MusicvizError(f"output folder does not exist: {path.parent}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    except OSError as e:
-        raise MusicvizError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        data = samples.T if samples.ndim == 2 else samples
-        soundfile.write(tmp, data, sample_rate, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_output_path(path)
+    return fmt
+
+
+def write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
+    """WAV or FLAC (by suffix), written atomically."""
+    import soundfile
+
+    fmt = check_audio_output(path)
+    with atomic_output(path) as tmp:
+        soundfile.write(tmp, samples.T if samples.ndim == 2 else samples, sample_rate, format=fmt)
     return path
 
 

@@ -9,32 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MusicvizError
+from .files import check_output_path
 
 AUDIO_RATE = 44100
-
-
-def check_output_path(output: str | os.PathLike) -> Path:
-    """The output path, after checking it can be written (without creating anything)."""
-    path = Path(output).expanduser()
-    if path.is_dir():
-        raise MusicvizError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise MusicvizError(f"output folder does not exist: {parent}")
-    probe = None
-    try:  # os.access says yes to root even on read-only mounts such as /proc: try for real
-        fd, probe = tempfile.mkstemp(prefix=".musicviz-probe-", dir=parent)
-        os.close(fd)
-    except OSError:
-        probe = None
-        raise MusicvizError(f"output folder is not writable: {parent}") from None
-    finally:
-        if probe:
-            os.unlink(probe)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MusicvizError(f"output folder is not writable: {parent}")
-    return path
 
 
 class VideoWriter:
@@ -46,8 +23,9 @@ class VideoWriter:
 
     def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int = 18,
                  preset: str = "medium"):
-        import av
         from fractions import Fraction
+
+        import av
 
         self.target = check_output_path(output)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.target.stem}-", suffix=".partial.mp4", dir=self.target.parent or ".")

@@ -56,7 +56,7 @@ def angle_schedule(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarr
     """θ_k (radians) per video frame: eased steps on the beat grid, powered by percussion."""
     if config.grid not in GRID_BEATS:
         raise MusicvizError(f"grid must be one of {', '.join(GRID_BEATS)}")
-    n, fps = features.n_frames, features.fps
+    n = features.n_frames
     times = features.times
     marks = np.asarray(features.beat_times, dtype=np.float64)
     if len(marks) >= 2:

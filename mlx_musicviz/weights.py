@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -15,6 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import MusicvizError
+from .files import atomic_output
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt", ".pkl")
 QUANTIZATION_KEYS = (".scales", ".biases")
@@ -66,16 +66,8 @@ def load_safetensors(path: Path) -> tuple[dict[str, mx.array], dict[str, str]]:
 
 def save_safetensors(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
     """Write atomically: a temporary file beside the target, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, make_parents=True) as tmp:
         mx.save_safetensors(tmp, arrays, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: dict) -> None:

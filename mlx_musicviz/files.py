@@ -1,0 +1,57 @@
+"""Output files: checked before any work starts, written atomically.
+
+Every file the project writes goes to a temporary name beside its target and is renamed into
+place only once complete, so a failure or Ctrl-C never leaves a half-written file at the target.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import MusicvizError
+
+
+def check_output_path(output: str | os.PathLike) -> Path:
+    """The output path, after checking it can be written (without creating anything)."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise MusicvizError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MusicvizError(f"output folder does not exist: {parent}")
+    probe = None
+    try:  # os.access says yes to root even on read-only mounts such as /proc: try for real
+        fd, probe = tempfile.mkstemp(prefix=".musicviz-probe-", dir=parent)
+        os.close(fd)
+    except OSError:
+        probe = None
+        raise MusicvizError(f"output folder is not writable: {parent}") from None
+    finally:
+        if probe:
+            os.unlink(probe)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MusicvizError(f"output folder is not writable: {parent}")
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, make_parents: bool = False):
+    """Yield a temporary path beside `path` to write; it is renamed onto `path` when the block
+    ends without error and removed otherwise."""
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise MusicvizError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
