@@ -1,9 +1,12 @@
 """mlx-musicviz: music videos from a song and a prompt with SDXS (one-step diffusion) in MLX."""
 
 from ._blas import preload_blas
+from ._malloc import keep_freed_memory
 
 # Must happen before anything imports mlx: see _blas.py.
 preload_blas()
+# Large CPU arrays reuse mapped pages instead of faulting fresh ones in: see _malloc.py.
+keep_freed_memory()
 
 __version__ = "0.1.0"
 

@@ -134,10 +134,12 @@ def count_flops(fn) -> float:
 
 def machine_info() -> dict:
     from ._blas import blas_provider
+    from ._malloc import keep_freed_memory
 
     return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
             "cpus": __import__("os").cpu_count(), "mlx": mx.__version__, "device": str(mx.default_device()),
-            "blas": blas_provider(), "mlx_musicviz": __version__, "python": platform.python_version()}
+            "blas": blas_provider(), "malloc_keeps_freed_memory": keep_freed_memory(),
+            "mlx_musicviz": __version__, "python": platform.python_version()}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

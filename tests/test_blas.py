@@ -30,3 +30,28 @@ def test_openblas_serves_mlx_matmul():
 def test_env_var_turns_it_off():
     p = provider(MLX_MUSICVIZ_BLAS="0")
     assert "openblas" not in p.lower() and "mlx_cpu.libs" in p
+
+
+# A 64 MiB result computed twice: the second reuses the freed pages unless glibc unmapped them.
+FAULTS = (
+    "import resource, mlx_musicviz, mlx.core as mx; from mlx_musicviz._malloc import keep_freed_memory; "
+    "x = mx.ones((16 << 20,)); mx.eval(x); y = x * 2; mx.eval(y); del y; "
+    "r = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; y = x * 3; mx.eval(y); "
+    "print(keep_freed_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r, y[-1].item())"
+)
+
+
+def page_faults(**env):
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    applied, faults, value = out.stdout.split()
+    assert float(value) == 3.0
+    return applied == "True", int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_large_arrays_reuse_freed_pages():
+    applied, faults = page_faults()
+    assert applied and faults < 1000, faults  # 16,384 pages when each array is a fresh mmap
+    applied, faults = page_faults(MLX_MUSICVIZ_MALLOC="0")
+    assert not applied and faults > 16000, faults
