@@ -50,26 +50,46 @@ class Conv2d(nn.Conv2d):
     """nn.Conv2d with a CPU fast path for 3x3, stride-1, padding-1 kernels over large, narrow maps.
 
     mlx's CPU convolution copies 9 shifted views into one im2col buffer; over a 512x512 map of 64
-    channels that copy costs more than the matmul. Here the 3 column shifts are laid side by side
-    (K = 3C) and the 3 row shifts become 3 matmuls over row-offset views of that buffer: a third of
-    the copying (measured 1.2x faster at 512x512, 1.5x at 256x256, 2x at 128x128, 64 channels).
+    channels (600 MB of copies) that costs more than the matmul. Here the output is computed in
+    the padded map's row layout (W + 2 columns, the 2 extra dropped at the end), where every tap
+    (dy, dx) is a contiguous row offset of the flattened padded input: 9 accumulating matmuls
+    over views, no input copies. Strips of output rows keep the accumulator in cache.
+    Measured on a 2-core x86-64 (64 channels): 1.3-1.6x faster than mlx at 512x512, ~2x at
+    256x256, 2x for the 64->3 output convolution.
     """
 
-    def __call__(self, x: mx.array) -> mx.array:
+    MIN_PIXELS = 128 * 128  # smaller maps: mlx's own path is as fast
+    MAX_CHANNELS = 128  # wider layers (the UNet's) already run near the matmul peak in mlx
+    STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
+
+    def _fast_path(self, x: mx.array) -> bool:
         o, kh, kw, c = self.weight.shape
-        if (kh, kw) != (3, 3) or tuple(self.stride) != (1, 1) or tuple(self.padding) != (1, 1) \
-                or self.dilation not in (1, (1, 1)) or getattr(self, "groups", 1) != 1 or c > 128 \
-                or x.shape[1] * x.shape[2] < 128 * 128 or x.dtype != mx.float32 or mx.default_device() != mx.cpu:
+        return ((kh, kw) == (3, 3) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (1, 1)
+                and self.dilation in (1, (1, 1)) and getattr(self, "groups", 1) == 1 and c <= self.MAX_CHANNELS
+                and x.shape[1] * x.shape[2] >= self.MIN_PIXELS and x.dtype == mx.float32
+                and mx.default_device() == mx.cpu)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not self._fast_path(x):
             return super().__call__(x)
+        o, _, _, c = self.weight.shape
         b, h, w, _ = x.shape
-        padded = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-        columns = mx.concatenate([padded[:, :, dx:dx + w, :] for dx in range(3)], axis=-1)
-        y = None
-        for dy in range(3):
-            term = columns[:, dy:dy + h].reshape(-1, 3 * c) @ self.weight[:, dy].reshape(o, 3 * c).T
-            y = term if y is None else y + term
-        y = y.reshape(b, h, w, o)
-        return y + self.bias if "bias" in self else y
+        wp = w + 2
+        # One extra bottom row keeps the last tap's view of the last strip inside the buffer.
+        flat = mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(b, -1, c)
+        taps = self.weight.transpose(1, 2, 3, 0).reshape(9, c, o)
+        bias = self.bias if "bias" in self else mx.zeros((o,), x.dtype)
+        rows = max(1, self.STRIP_ELEMENTS // wp)
+        strips = []
+        for i in range(b):
+            for top in range(0, h, rows):
+                n = min(rows, h - top)
+                y = mx.broadcast_to(bias, (n * wp, o))
+                for t in range(9):
+                    start = (top + t // 3) * wp + t % 3
+                    y = mx.addmm(y, flat[i, start:start + n * wp], taps[t])
+                strips.append(y.reshape(n, wp, o)[:, :w])
+        return mx.concatenate(strips).reshape(b, h, w, o)
 
 
 def group_norm(groups: int, channels: int, eps: float, affine: bool = True) -> GroupNorm:
