@@ -218,7 +218,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             log(f"{level:>8} b{batch}: frame {row['frame_s']:.3f} s ({row['fps']:.2f} fps), UNet {row['unet_s']:.3f} s "
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s, "
                 f"weights {sum(row['weight_bytes'].values()) / 2**20:.0f} MiB")
-        del pipe
+        pipe = None  # free this level's weights before the next one loads
 
     if reference is not None:
         for batch in config.batches:
