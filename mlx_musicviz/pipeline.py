@@ -86,7 +86,6 @@ class Pipeline:
                mixed: bool = False) -> "Pipeline":
         """A pipeline of a known architecture with random weights (images mean nothing); with `bits`,
         the text encoder and UNet are quantized in memory, as `convert --bits` would store them."""
-        from .models import build_model
         from .random_models import random_configs
 
         configs, pad = random_configs(name)
@@ -199,7 +198,6 @@ def _load_component(folder: Path, name: str, dtype):
         apply_plan(module, plan, quantize_weights=False)
         set_compute(module, "auto", dtype)
     return load_into(module, weights, str(path / WEIGHTS_NAME), dtype)
-
 
 
 def to_uint8(images: mx.array) -> mx.array:

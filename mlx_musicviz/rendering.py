@@ -18,7 +18,8 @@ import numpy as np
 from .audio import analyze
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
-from .video import VideoWriter, check_output_path, soundtrack
+from .files import check_output_path
+from .video import VideoWriter, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"

@@ -63,7 +63,7 @@ class Conv2d(nn.Conv2d):
     STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
 
     def _fast_path(self, x: mx.array) -> bool:
-        o, kh, kw, c = self.weight.shape
+        _, kh, kw, c = self.weight.shape
         return ((kh, kw) == (3, 3) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (1, 1)
                 and self.dilation in (1, (1, 1)) and getattr(self, "groups", 1) == 1 and c <= self.MAX_CHANNELS
                 and x.shape[1] * x.shape[2] >= self.MIN_PIXELS and x.dtype == mx.float32
