@@ -43,15 +43,25 @@ class BenchConfig:
     render_seconds: float = 10.0
     audio: str | None = None  # default: the bundled trumpet clip
 
+    def check(self) -> None:
+        """Raise MusicvizError for a level or batch size the runner cannot time."""
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown:
+            raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise MusicvizError("batch sizes must be at least 1")
+
 
 @dataclass
 class BenchResult:
     config: dict
     machine: dict
-    matmul_gflops: float = 0.0
+    matmul_gflops: float = 0.0  # the machine's float32 matmul peak: the best rate any measured BLAS reached
+    matmul_gflops_by: dict = field(default_factory=dict)  # "mlx" (its BLAS) and "pytorch" (in the reference's process)
     flops: dict = field(default_factory=dict)  # component -> FLOPs per image
     rows: list = field(default_factory=list)  # one per level x batch
     reference: list = field(default_factory=list)  # PyTorch rows (float32)
+    reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
     render: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -69,11 +79,14 @@ def median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def matmul_peak(n: int = 2048, runs: int = 5) -> float:
-    """GFLOP/s of a float32 n x n matmul in mlx (the machine's practical peak for this backend)."""
-    a = mx.random.normal((n, n), key=mx.random.key(0))
-    mx.eval(a)
-    return 2 * n**3 / median_time(lambda: mx.eval(a @ a), runs) / 1e9
+def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), runs: int = 5) -> float:
+    """GFLOP/s of mlx's float32 n x n matmul: the best over `sizes` of the median of `runs` calls."""
+    best = 0.0
+    for n in sizes:
+        a = mx.random.normal((n, n), key=mx.random.key(0))
+        mx.eval(a)
+        best = max(best, 2 * n**3 / median_time(lambda: mx.eval(a @ a), runs) / 1e9)
+    return best
 
 
 def count_flops(fn) -> float:
@@ -159,14 +172,15 @@ def _pipeline(source, level: str, group_size: int):
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
     """Run the benchmark. `reference`: an object with `source` (a model mlx-musicviz can load with
     the reference's weights) and `time(batch, size, runs) -> dict` (seconds per component)."""
-    unknown = [lv for lv in config.levels if lv not in LEVELS]
-    if unknown:
-        raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
-    if any(b < 1 for b in config.batches):
-        raise MusicvizError("batch sizes must be at least 1")
+    config.check()
     result = BenchResult(config=dict(config.__dict__), machine=machine_info())
-    result.matmul_gflops = matmul_peak()
-    log(f"float32 matmul peak: {result.matmul_gflops:.0f} GFLOP/s ({result.machine['blas']})")
+    result.matmul_gflops_by["mlx"] = matmul_peak()
+    if reference is not None:
+        result.matmul_gflops_by["pytorch"] = reference.matmul_gflops
+        result.reference_info = reference.info
+    result.matmul_gflops = max(result.matmul_gflops_by.values())
+    log(f"float32 matmul peak: {result.matmul_gflops:.0f} GFLOP/s ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"; mlx's BLAS {result.machine['blas']})")
     source = config.model
     if reference is not None:  # convert once beside the reference's files (removed with them), not into the cache
         from .convert import convert_checkpoint
@@ -222,14 +236,16 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
     if reference is not None:
         for batch in config.batches:
-            times = reference.time(batch, config.size, config.runs)
-            row = {"level": "pytorch-float32", "batch": batch, **{f"{k}_s": v for k, v in times.items()}}
+            row = {"level": "pytorch-float32", "batch": batch, **{f"{k}_s": v for k, v in reference.time(batch).items()}}
             row["fps"] = 1.0 / row["frame_s"]
+            row["unet_gflops"] = result.flops["unet"] / row["unet_s"] / 1e9
+            row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
             mine = next((r for r in result.rows if r["level"] == "float32" and r["batch"] == batch), None)
             if mine is not None:
                 row["mlx_over_pytorch"] = {k: mine[f"{k}_s"] / row[f"{k}_s"] for k in ("unet", "vae", "frame")}
             result.reference.append(row)
-            log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s, VAE {row['vae_s']:.3f} s"
+            log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s "
+                f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s"
                 + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if mine else ""))
 
     if config.render_seconds > 0:
@@ -261,11 +277,12 @@ def bench_render(source, config: BenchConfig) -> dict:
 def markdown(result: BenchResult) -> str:
     m = result.machine
     lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {m['device']}, BLAS: {m['blas']}; "
-             f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s. Model {result.config['model']} at "
+             f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s ("
+             + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"). Model {result.config['model']} at "
              f"{result.config['size']}x{result.config['size']}; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
-             "| level | batch | frame s | fps | UNet s | VAE s | text enc. s | UNet GFLOP/s (% peak) | weights MiB "
-             "| peak MiB | UNet rel L2 | frame PSNR dB |",
+             ("| level | batch | frame s | fps | UNet s | VAE s | text enc. s | UNet GFLOP/s (% peak) | weights MiB "
+              "| peak MiB | UNet rel L2 | frame PSNR dB |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
         err = f"{r['unet_rel_l2']:.4f}" if "unet_rel_l2" in r else "-"
@@ -276,10 +293,15 @@ def markdown(result: BenchResult) -> str:
     for r in result.reference:
         ratio = r.get("mlx_over_pytorch", {})
         lines.append(f"| PyTorch float32 | {r['batch']} | {r['frame_s']:.3f} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
-                     f"{r['vae_s']:.3f} | {r.get('text_encoder_s', 0):.3f} | - | - | - | - | - |")
+                     f"{r['vae_s']:.3f} | {r.get('text_encoder_s', 0):.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) "
+                     "| - | - | - | - |")
         if ratio:
             lines.append(f"| MLX / PyTorch | {r['batch']} | {ratio['frame']:.2f}x | | {ratio['unet']:.2f}x | "
                          f"{ratio['vae']:.2f}x | | | | | | |")
+    if result.reference_info:
+        info = result.reference_info
+        lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads) ran in a process of its own, without "
+                  "mlx-musicviz's BLAS; BLAS libraries mapped there: " + (", ".join(info["blas_libraries"]) or "none") + "."]
     if result.render:
         r = result.render
         lines += ["", f"End-to-end render of {r['seconds']:.1f} s of audio ({r['frames']} frames): {r['total_s']:.1f} s; "

@@ -200,8 +200,9 @@ def analyze(song, fps, start, duration, chart):
         click.echo(f"chart: {features_chart(f, chart)}")
 
 
-def _torch_reference(model: str):
-    """The PyTorch reference from benchmarks/ in this checkout, when torch and diffusers are installed."""
+def _torch_reference(config):
+    """The PyTorch reference from benchmarks/ in this checkout, when torch and diffusers are installed.
+    It builds, saves and times the model in a child process now, before any MLX timing."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -214,7 +215,7 @@ def _torch_reference(model: str):
     sys.path.insert(0, str(folder))
     from torch_reference import TorchReference
 
-    return TorchReference(model)
+    return TorchReference(config.model, config.size, config.batches, config.runs)
 
 
 def _mel_overrides(**kw) -> dict:
@@ -327,7 +328,8 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, refere
     if quick:
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
                              render_seconds=2.0)
-    ref = _torch_reference(config.model) if reference else None
+    config.check()
+    ref = _torch_reference(config) if reference else None
     if reference and ref is None:
         click.echo("note: no PyTorch reference (install the dev extra and run from a checkout)", err=True)
     try:

@@ -46,6 +46,15 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     # The PyTorch reference (the dev extra is installed wherever the tests run).
     assert {r["batch"] for r in data["reference"]} == {1, 2}
     assert all(r["mlx_over_pytorch"]["frame"] > 0 for r in data["reference"])
+    # ... timed in a process of its own: no mlx, and not the OpenBLAS that mlx_musicviz preloads (which
+    # would take over torch's sgemm_ calls and halve its speed).
+    from mlx_musicviz import _blas
+
+    info = data["reference_info"]
+    assert info["mlx_imported"] is False and info["threads"] >= 1
+    assert _blas._loaded is None or _blas._loaded not in info["blas_libraries"], info
+    assert set(data["matmul_gflops_by"]) == {"mlx", "pytorch"}
+    assert data["matmul_gflops"] == max(data["matmul_gflops_by"].values())
     assert data["render"]["frames"] == 48 and 0 <= data["render"]["overhead_fraction"] < 1
     assert "| float32 | 1 |" in (out / "results.md").read_text()
     assert Image.open(out / "fps.png").size[0] > 100
