@@ -18,11 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PROMPT_TOKENS = 77
@@ -72,16 +70,15 @@ class TorchReference:
 
 # ---- the child process: torch, diffusers and transformers only ----
 
-def _median(fn, runs: int) -> float:
-    """Seconds: median of `runs` calls after one warm-up (mlx_musicviz.benchmark.median_time's rule,
-    repeated here because the child must not import mlx_musicviz)."""
-    fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _load_median_time():
+    """mlx_musicviz/timing.py's median_time, loaded by path: importing the package would load mlx."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "mlx_musicviz" / "timing.py"
+    spec = importlib.util.spec_from_file_location("musicviz_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.median_time
 
 
 def _clean(config: dict) -> dict:
@@ -122,6 +119,7 @@ def _child(job_path: Path) -> None:
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
 
+    _median = _load_median_time()
     runs, size = job["runs"], job["size"]
     times = {}
     with torch.no_grad():

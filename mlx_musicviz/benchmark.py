@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MusicvizError
+from .timing import median_time
 
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -66,17 +65,6 @@ class BenchResult:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=float)
-
-
-def median_time(fn, runs: int) -> float:
-    """Seconds: median of `runs` timed calls after one warm-up call. `fn` must evaluate its work."""
-    fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), runs: int = 5) -> float:
