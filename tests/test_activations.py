@@ -1,0 +1,51 @@
+"""The CPU fast paths of GELU, SiLU and softmax against float64 (they replace mlx's scalar exp/erf)."""
+
+import mlx_musicviz  # noqa: F401  (first, as users do: the BLAS preload)
+import mlx.core as mx
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from mlx_musicviz.models.activations import _on_cpu, attention, gelu, silu
+
+
+def _inputs() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    edges = [-200, -100, -88, -87, -30, -9, -4.01, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 4.01, 9, 30, 87, 88, 100, 200]
+    return np.concatenate([np.linspace(-12, 12, 200_001), rng.normal(0, 3, 100_000), edges]).astype(np.float32)
+
+
+def _worst(y: mx.array, ref: np.ndarray, floor: float) -> float:
+    """Largest error in units of float32 spacing at max(|ref|, floor)."""
+    err = np.abs(np.array(y).astype(np.float64) - ref)
+    return float(np.max(err / (np.spacing(np.float32(1.0)) * np.maximum(np.abs(ref), floor))))
+
+
+def test_the_fast_paths_are_taken_here():
+    assert _on_cpu(mx.zeros(1))  # otherwise the comparisons below would test mlx's own kernels
+
+
+def test_silu_within_a_few_ulps():
+    x = _inputs()
+    ref = x.astype(np.float64) / (1 + np.exp(-x.astype(np.float64)))
+    assert _worst(silu(mx.array(x)), ref, 1e-3) < 8
+
+
+def test_gelu_within_a_few_ulps():
+    x = _inputs()
+    ref = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+    # 1 + erf(x) cancels for x << 0 (in float32 PyTorch too): the tail is held to absolute error.
+    assert _worst(gelu(mx.array(x)), ref, 1.0) < 16
+
+
+@pytest.mark.parametrize("spread", [1.0, 10.0, 100.0])
+def test_attention_softmax_matches_float64(spread):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(0, 1, (2, 3, 50, 16)).astype(np.float32) for _ in range(3))
+    mask = np.triu(np.full((50, 50), -1e9, np.float32), 1)  # causal, as the text encoder's
+    scale = spread / 4
+    s = (q.astype(np.float64) * scale) @ k.astype(np.float64).swapaxes(-1, -2) + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+    out = np.array(attention(mx.array(q), mx.array(k), mx.array(v), scale, mx.array(mask)))
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-6  # float32 numpy: 6e-7 at spread 100
