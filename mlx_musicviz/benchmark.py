@@ -7,8 +7,9 @@ peak memory, the error against float32 (relative L2 of the UNet output, PSNR of 
 the achieved GFLOP/s against the machine's float32 matmul peak measured in the same run.
 
 A reference (see benchmarks/torch_reference.py, used when torch and diffusers are installed)
-times the same architecture with the same weights in PyTorch, so each MLX time sits beside a
-PyTorch time from the same run. This module itself never imports torch.
+times the same architecture with the same weights in PyTorch, in a process of its own (this one
+has OpenBLAS in its global symbol scope, which would take over torch's BLAS calls), so each MLX
+time sits beside a PyTorch time from the same run. This module itself never imports torch.
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ def _pipeline(source, level: str, group_size: int):
 
 
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
-    """Run the benchmark. `reference`: an object with `source` (a model mlx-musicviz can load with
-    the reference's weights) and `time(batch, size, runs) -> dict` (seconds per component)."""
+    """Run the benchmark. `reference` (benchmarks/torch_reference.py's TorchReference, already timed
+    for `config`): `source`, a model mlx-musicviz can load with the reference's weights; `time(batch)`,
+    seconds per component; `matmul_gflops`, its own matmul rate; `info`, where it ran."""
     config.check()
     result = BenchResult(config=dict(config.__dict__), machine=machine_info())
     result.matmul_gflops_by["mlx"] = matmul_peak()

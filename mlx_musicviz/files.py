@@ -37,6 +37,12 @@ def check_output_path(output: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, make_parents: bool = False):
     """Yield a temporary path beside `path` to write; it is renamed onto `path` when the block
@@ -51,6 +57,7 @@ def atomic_output(path: str | os.PathLike, make_parents: bool = False):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets a plain open()'s mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

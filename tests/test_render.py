@@ -205,3 +205,15 @@ def test_video_frames_follow_the_beat_walk(tmp_path):
           f"mid-beat {change[mid - 1].mean():.2f}")
     assert r > 0.9
     assert change[mid - 1].mean() > 2 * change[beats - 1].mean()
+
+
+def test_outputs_get_the_mode_of_a_plain_open(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the finished file must not stay private."""
+    from mlx_musicviz.files import atomic_output
+
+    with atomic_output(tmp_path / "x.bin") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"1")
+    with open(tmp_path / "plain.bin", "wb") as f:
+        f.write(b"1")
+    assert os.stat(tmp_path / "x.bin").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777
