@@ -53,8 +53,14 @@ def _erf_poly(x: mx.array) -> mx.array:
 
 
 def _exp_poly(x: mx.array) -> mx.array:
-    """exp(x) for float32 x; inputs below -87 give ~0 (1e-38, as exp underflows), above +87 saturate."""
-    t = mx.clip(x * _LOG2E, -126.0, 126.0)
+    """exp(x) for float32 x; inputs below -88 give exactly 0, above +87 saturate (2^126).
+
+    The lower clip at 2^-127 makes n = -127 whose exponent field is 0, so the result is exactly 0
+    rather than the smallest normal: a causal mask's exp must be 0, as any tiny value divided by the
+    softmax sum is a denormal, and matmuls over denormals ran 30x slower here (16 heads x 77^2:
+    12 ms against 0.2 ms).
+    """
+    t = mx.clip(x * _LOG2E, -127.0, 126.0)
     n = (t + _ROUND) - _ROUND
     two_n = ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
     return _estrin(t - n, _EXP2) * two_n
