@@ -30,7 +30,8 @@ class TorchReference:
     """Build, save and time the PyTorch reference in a clean child process, once.
 
     `source`: the saved diffusers checkpoint (the same weights, for mlx-musicviz to convert);
-    `time(batch)`: seconds per image (UNet, VAE decode, frame) and per prompt (text encoder);
+    `time(batch)`: seconds per image (UNet, VAE decode, frame) and per prompt (text encoder, given
+    `batch` prompts at once);
     `matmul_gflops`: torch's float32 2048^3 matmul rate in the child; `info`: torch version,
     threads, and the BLAS libraries mapped into the child.
     """
@@ -128,11 +129,12 @@ def _child(job_path: Path) -> None:
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g)
         emb = text_encoder(ids).last_hidden_state
-        text = _median(lambda: text_encoder(ids).last_hidden_state, runs)
         t = torch.tensor([999])
         for batch in job["batches"]:
             latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g)
             embs = emb.expand(batch, -1, -1)
+            prompts = ids.expand(batch, -1)
+            text = _median(lambda: text_encoder(prompts).last_hidden_state, runs) / batch
             noise = unet(latents, t, embs).sample
             unet_s = _median(lambda: unet(latents, t, embs).sample, runs)
             vae_s = _median(lambda: vae.decode(noise).sample, runs)

@@ -1,7 +1,7 @@
 """The benchmark runner: frames per second by precision level, batch size and component.
 
 For each level (float32, float16, bfloat16, 8-bit, 4-bit) and batch size it times, after a
-warm-up, the median of `runs` calls of: the text encoder (one prompt), the UNet, the VAE decode
+warm-up, the median of `runs` calls of: the text encoder (a batch of prompts), the UNet, the VAE decode
 and the whole frame (UNet + decode), and reports frames per second, resident weight bytes, mlx
 peak memory, the error against float32 (relative L2 of the UNet output, PSNR of the frame) and
 the achieved GFLOP/s against the machine's float32 matmul peak measured in the same run.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,11 +193,12 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
                 "text_encoder": count_flops(lambda: mx.eval(pipe.encode_prompt(PROMPT))),
             }
             log("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()))
-        text_time = median_time(lambda: mx.eval(pipe.encode_prompt(PROMPT)), config.runs)
         for batch in config.batches:
             latents = mx.random.normal((batch, *latent), key=mx.random.key(1))
             embs = mx.broadcast_to(emb, (batch, *emb.shape[1:]))
             mx.eval(latents, embs)
+            prompts = [PROMPT] * batch
+            text = median_time(lambda: mx.eval(pipe.encode_prompt(prompts)), config.runs)
             denoised = pipe.denoise(latents, embs)
             mx.eval(denoised)
             mx.reset_peak_memory()
@@ -206,7 +208,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             noise = pipe.unet(latents.astype(pipe.dtype), None, embs.astype(pipe.dtype), temb=pipe._temb)
             image = np.array(pipe.decode(pipe.scheduler.step(noise, latents.astype(pipe.dtype))))
             noise = np.array(noise.astype(mx.float32))
-            row = {"level": level, "batch": batch, "text_encoder_s": text_time, "unet_s": unet / batch,
+            row = {"level": level, "batch": batch, "text_encoder_s": text / batch, "unet_s": unet / batch,
                    "vae_s": vae / batch, "frame_s": frame / batch, "fps": batch / frame,
                    "weight_bytes": pipe.weight_bytes(), "peak_memory": mx.get_peak_memory(),
                    "unet_gflops": result.flops["unet"] * batch / unet / 1e9,
@@ -232,7 +234,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
             mine = next((r for r in result.rows if r["level"] == "float32" and r["batch"] == batch), None)
             if mine is not None:
-                row["mlx_over_pytorch"] = {k: mine[f"{k}_s"] / row[f"{k}_s"] for k in ("unet", "vae", "frame")}
+                row["mlx_over_pytorch"] = {k: mine[f"{k}_s"] / row[f"{k}_s"] for k in ("unet", "vae", "frame", "text_encoder")}
             result.reference.append(row)
             log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s "
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s"
@@ -247,18 +249,34 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
 
 def bench_render(source, config: BenchConfig) -> dict:
-    """End-to-end render of a clip: where the time goes, and the share outside the model."""
+    """End-to-end render of a clip: where the time goes, and the share outside the model.
+
+    The walks are evaluated lazily inside the render's model graph, so they are timed here once
+    more on their own (same features, same batches) and taken out of "model" into "walks".
+    """
     import tempfile
 
+    from .audio import analyze
     from .pipeline import load_pipeline
-    from .rendering import DEMO_AUDIO, render
+    from .rendering import DEMO_AUDIO, make_walkers, render
 
     pipe = load_pipeline(source)
+    audio, fps, batch = config.audio or DEMO_AUDIO, 24, max(config.batches)
     with tempfile.TemporaryDirectory() as tmp:
-        res = render(config.audio or DEMO_AUDIO, PROMPT, output=Path(tmp) / "bench.mp4", pipeline=pipe,
-                     size=config.size, fps=24, duration=config.render_seconds, batch_size=max(config.batches))
+        res = render(audio, PROMPT, output=Path(tmp) / "bench.mp4", pipeline=pipe,
+                     size=config.size, fps=fps, duration=config.render_seconds, batch_size=batch)
+    features = analyze(audio, fps=fps, duration=config.render_seconds)
+    embeds = mx.zeros((13, pipe.tokenizer.model_max_length, pipe.text_encoder.hidden_size))
+    noise_walk, prompt_walk = make_walkers(features, pipe, embeds, 1, config.size)
+    t = time.perf_counter()
+    for start in range(0, features.n_frames, batch):
+        frames = np.arange(start, min(start + batch, features.n_frames))
+        mx.eval(noise_walk.latents(frames), prompt_walk.embeddings(frames))
+    walks = time.perf_counter() - t
     times = {k: v for k, v in res.times.items() if k != "total"}
-    outside = res.times["total"] - res.times["model"] - res.times.get("load", 0.0)
+    times["model"] = res.times["model"] - walks
+    times["walks"] = walks
+    outside = res.times["total"] - times["model"] - res.times.get("load", 0.0)
     return {"seconds": res.duration, "frames": res.frames, "total_s": res.times["total"], "times": times,
             "overhead_fraction": outside / max(res.times["total"] - res.times.get("load", 0.0), 1e-9),
             "fps": res.frames / max(res.times["model"] + res.times["encode"], 1e-9)}
@@ -271,7 +289,7 @@ def markdown(result: BenchResult) -> str:
              + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"). Model {result.config['model']} at "
              f"{result.config['size']}x{result.config['size']}; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
-             ("| level | batch | frame s | fps | UNet s | VAE s | text enc. s | UNet GFLOP/s (% peak) | weights MiB "
+             ("| level | batch | frame s | fps | UNet s | VAE s | text enc. s/prompt | UNet GFLOP/s (% peak) | weights MiB "
               "| peak MiB | UNet rel L2 | frame PSNR dB |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
@@ -286,8 +304,9 @@ def markdown(result: BenchResult) -> str:
                      f"{r['vae_s']:.3f} | {r.get('text_encoder_s', 0):.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) "
                      "| - | - | - | - |")
         if ratio:
+            text = f"{ratio['text_encoder']:.2f}x" if "text_encoder" in ratio else ""
             lines.append(f"| MLX / PyTorch | {r['batch']} | {ratio['frame']:.2f}x | | {ratio['unet']:.2f}x | "
-                         f"{ratio['vae']:.2f}x | | | | | | |")
+                         f"{ratio['vae']:.2f}x | {text} | | | | | |")
     if result.reference_info:
         info = result.reference_info
         lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads) ran in a process of its own, without "

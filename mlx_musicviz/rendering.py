@@ -37,6 +37,15 @@ class RenderResult:
     warnings: list = field(default_factory=list)
 
 
+def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size: int, seed: int = 0,
+                 noise: NoiseWalkConfig | None = None, mode: str = "focus") -> tuple[NoiseWalker, PromptWalker]:
+    """The noise walk over `size` x `size` images' latents and the prompt walk over `embeds`
+    (the first `n_bases` are base prompts, the rest the 12 note prompts)."""
+    noise_walk = NoiseWalker(features, (size // 8, size // 8, pipe.latent_channels), seed, noise)
+    prompt_walk = PromptWalker(features, embeds[:n_bases], embeds[n_bases:], PromptWalkConfig(mode=mode))
+    return noise_walk, prompt_walk
+
+
 def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
            fps: float = 30, seed: int = 0, size: int = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
@@ -82,8 +91,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
             warnings.append(f"prompt longer than {limit} tokens is truncated: {p[:40]!r}...")
     embeds = pipe.encode_prompt(bases + notes)
     mx.eval(embeds)
-    noise_walk = NoiseWalker(features, (size // 8, size // 8, pipe.latent_channels), seed, noise)
-    prompt_walk = PromptWalker(features, embeds[: len(bases)], embeds[len(bases):], PromptWalkConfig(mode=mode))
+    noise_walk, prompt_walk = make_walkers(features, pipe, embeds, len(bases), size, seed, noise, mode)
     times["prompts"] = time.perf_counter() - t
 
     n = features.n_frames

@@ -56,5 +56,10 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert set(data["matmul_gflops_by"]) == {"mlx", "pytorch"}
     assert data["matmul_gflops"] == max(data["matmul_gflops_by"].values())
     assert data["render"]["frames"] == 48 and 0 <= data["render"]["overhead_fraction"] < 1
+    # The issue's split: analysis, walks, model, encoding (and the prompts' text encoding).
+    times = data["render"]["times"]
+    assert {"analysis", "prompts", "walks", "model", "encode"} <= set(times) and times["walks"] > 0 < times["model"]
+    assert all(r["text_encoder_s"] > 0 for r in data["rows"] + data["reference"])
+    assert all(r["mlx_over_pytorch"]["text_encoder"] > 0 for r in data["reference"])
     assert "| float32 | 1 |" in (out / "results.md").read_text()
     assert Image.open(out / "fps.png").size[0] > 100
