@@ -53,11 +53,11 @@ def _erf_poly(x: mx.array) -> mx.array:
 
 
 def _exp_poly(x: mx.array) -> mx.array:
-    """exp(x) for float32 x; inputs below -88 give exactly 0, above +87 saturate (2^126).
+    """exp(x) for float32 x; inputs below -87.7 give exactly 0, above +87.3 saturate (2^126).
 
-    The lower clip at 2^-127 makes n = -127 whose exponent field is 0, so the result is exactly 0
-    rather than the smallest normal: a causal mask's exp must be 0, as any tiny value divided by the
-    softmax sum is a denormal, and matmuls over denormals ran 30x slower here (16 heads x 77^2:
+    Clipping x * log2(e) at -127 makes n = -127, whose exponent field is 0, so the result is exactly
+    0 rather than the smallest normal: a causal mask's exp must be 0, as any tiny value divided by
+    the softmax sum is a denormal, and matmuls over denormals ran 30x slower here (16 heads x 77^2:
     12 ms against 0.2 ms).
     """
     t = mx.clip(x * _LOG2E, -127.0, 126.0)
