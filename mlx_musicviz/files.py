@@ -43,6 +43,13 @@ def _umask() -> int:
     return mask
 
 
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished temporary file onto `path`, with the mode a plain open() would have given
+    it (mkstemp makes 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, make_parents: bool = False):
     """Yield a temporary path beside `path` to write; it is renamed onto `path` when the block
@@ -57,8 +64,7 @@ def atomic_output(path: str | os.PathLike, make_parents: bool = False):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets a plain open()'s mode
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

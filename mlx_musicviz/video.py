@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import check_output_path
+from .files import check_output_path, publish
 
 AUDIO_RATE = 44100
 
@@ -77,7 +77,7 @@ class VideoWriter:
         self.container.mux(self.video.encode(None))
         self.container.close()
         self._closed = True
-        os.replace(self.tmp, self.target)
+        publish(self.tmp, self.target)
         return self.target
 
     def abort(self) -> None:

@@ -217,3 +217,10 @@ def test_outputs_get_the_mode_of_a_plain_open(tmp_path):
     with open(tmp_path / "plain.bin", "wb") as f:
         f.write(b"1")
     assert os.stat(tmp_path / "x.bin").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777
+    # The video writer finishes its own temporary file (it streams into it while frames come).
+    from mlx_musicviz.video import VideoWriter
+
+    with VideoWriter(tmp_path / "v.mp4", 64, 64, 24) as writer:
+        writer.write(np.zeros((2, 64, 64, 3), np.uint8))
+        writer.close()
+    assert os.stat(tmp_path / "v.mp4").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777
