@@ -71,36 +71,43 @@ def _gelu_cpu(x: mx.array) -> mx.array:
     return 0.5 * x * (1.0 + _erf_poly(x * 0.7071067811865476))
 
 
-@mx.compile
-def _silu_cpu(x: mx.array) -> mx.array:
+def silu_poly(x: mx.array) -> mx.array:
+    """SiLU from multiplies and adds, to be fused inside a compiled function (CPU, float32)."""
     return x / (1.0 + _exp_poly(-x))
 
 
+_silu_cpu = mx.compile(silu_poly)
+
+
 @mx.compile
-def _softmax_cpu(x: mx.array) -> mx.array:
-    e = _exp_poly(x - mx.max(x, axis=-1, keepdims=True))
-    return e / mx.sum(e, axis=-1, keepdims=True)
+def _softmax_numerator(x: mx.array) -> mx.array:
+    """exp(x - max(x)) over the last axis: the softmax before its division by the row sums."""
+    return _exp_poly(x - mx.max(x, axis=-1, keepdims=True))
 
 
-def _on_cpu(x: mx.array) -> bool:
+def on_cpu(x: mx.array) -> bool:
+    """Whether x takes the CPU fast paths (float32 on the CPU device)."""
     return mx.default_device() == mx.cpu and x.dtype == mx.float32
 
 
 def gelu(x: mx.array) -> mx.array:
     """Exact (erf) GELU, as torch.nn.functional.gelu."""
-    return _gelu_cpu(x) if _on_cpu(x) else nn.gelu(x)
+    return _gelu_cpu(x) if on_cpu(x) else nn.gelu(x)
 
 
 def silu(x: mx.array) -> mx.array:
     """x * sigmoid(x)."""
-    return _silu_cpu(x) if _on_cpu(x) else nn.silu(x)
+    return _silu_cpu(x) if on_cpu(x) else nn.silu(x)
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """softmax(q k^T * scale + mask) v over (B, heads, N, d) tensors."""
-    if not _on_cpu(q):
+    if not on_cpu(q):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     scores = (q * scale) @ k.swapaxes(-1, -2)
     if mask is not None:
         scores = scores + mask
-    return _softmax_cpu(scores) @ v
+    weights = _softmax_numerator(scores)
+    # Dividing the (N, d) output by the row sums, not the (N, M) weights: one pass over the
+    # weights fewer (1024 tokens x 10 heads: 10M elements).
+    return (weights @ v) / mx.sum(weights, axis=-1, keepdims=True)

@@ -6,7 +6,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .configs import KLVAEConfig
-from .activations import silu
 from .layers import Attention, ResnetBlock2D, Upsample2D, group_norm
 
 
@@ -73,7 +72,7 @@ class DecoderKL(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out.silu(x))
 
 
 class AutoencoderKL(nn.Module):

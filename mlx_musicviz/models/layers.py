@@ -7,7 +7,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import attention, silu
+from .activations import attention, on_cpu, silu, silu_poly
 
 
 def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
@@ -20,30 +20,76 @@ def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
 class GroupNorm(nn.GroupNorm):
     """PyTorch-compatible GroupNorm on NHWC tensors, accurate for very large groups.
 
-    mlx's version normalizes each group with one fused pass; over the million-element groups
-    of a VAE decoder at 512x512 its float32 sums drift (5e-4 relative error against PyTorch).
-    Large groups take their mean and variance in two levels (blocks, then blocks of blocks).
+    Statistics are column sums over the pixel rows of the (N, H*W, C) view, in float32 and in two
+    levels (blocks of rows, then the block sums), so they stay accurate over the million-element
+    groups of a 512x512 VAE decoder, where mlx's one-pass version drifts (5e-4 relative error
+    against PyTorch). Normalization and affine then collapse into one per-channel scale and shift,
+    applied in a single fused pass, SiLU included when asked (`silu`). No transposes: mlx's
+    version copies the tensor into group order and back, ~10 passes over memory against ~4 here
+    (2-core x86-64, GroupNorm + SiLU: 64x64x320 15.3 -> 8.3 ms; 512x512x128 562 -> 257 ms).
+    Used on the CPU and for large groups; small groups on a GPU keep mlx's fused kernel.
     """
 
-    LARGE = 1 << 16  # elements per group above which the two-level statistics are used
+    LARGE = 1 << 16  # elements per group above which mlx's version is never used
+    ROW_BLOCK = 64  # pixel rows summed per block in the first level of the statistics
+
+    def _own_path(self, x: mx.array) -> bool:
+        return on_cpu(x) or (x.size // x.shape[0]) // self.num_groups > self.LARGE
 
     def __call__(self, x: mx.array) -> mx.array:
-        b, *rest, c = x.shape
-        g = self.num_groups
-        n = (x.size // b) // g
-        if n <= self.LARGE:
+        if not self._own_path(x):
             return super().__call__(x)
-        xg = x.reshape(b, -1, g, c // g).transpose(0, 2, 1, 3).reshape(b, g, -1)
-        block = 1 << ((n.bit_length() + 1) // 2)
-        while n % block:
-            block //= 2
-        blocks = xg.reshape(b, g, n // block, block).astype(mx.float32)
-        mean = blocks.mean(axis=-1).mean(axis=-1)
-        centered = blocks - mean[:, :, None, None]
-        var = mx.square(centered).mean(axis=-1).mean(axis=-1)
-        y = (centered * mx.rsqrt(var + self.eps)[:, :, None, None]).astype(x.dtype)
-        y = y.reshape(b, g, -1, c // g).transpose(0, 2, 1, 3).reshape(b, *rest, c)
-        return self.weight * y + self.bias if "weight" in self else y
+        return _scale_shift(x, *self._scale_shift(x))
+
+    def silu(self, x: mx.array) -> mx.array:
+        """silu(self(x)), the normalization and the activation in one pass on the CPU."""
+        if on_cpu(x):
+            return _scale_shift_silu(x, *self._scale_shift(x))
+        return silu(self(x))
+
+    def _column_sums(self, rows: mx.array) -> mx.array:
+        """(N, P, C) -> (N, C): sums over P, in blocks of ROW_BLOCK rows first."""
+        b, p, c = rows.shape
+        if p > self.ROW_BLOCK and p % self.ROW_BLOCK == 0:
+            rows = rows.reshape(b, p // self.ROW_BLOCK, self.ROW_BLOCK, c).sum(axis=2)
+        return rows.sum(axis=1)
+
+    def _scale_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (N, 1, ..., C) scale and shift with self(x) == x * scale + shift."""
+        b, c = x.shape[0], x.shape[-1]
+        g = self.num_groups
+        rows = x.reshape(b, -1, c).astype(mx.float32)
+        n = rows.shape[1] * (c // g)
+
+        def per_channel(group_values):  # (N, G) -> (N, 1, C), each group's value on its channels
+            return mx.repeat(group_values, c // g, axis=1)[:, None, :]
+
+        mean = self._column_sums(rows).reshape(b, g, -1).sum(axis=-1) / n
+        mean_c = per_channel(mean)
+        var = self._column_sums(_squared_deviation(rows, mean_c)).reshape(b, g, -1).sum(axis=-1) / n
+        scale = per_channel(mx.rsqrt(var + self.eps))
+        if "weight" in self:
+            scale = scale * self.weight
+        shift = -mean_c * scale
+        if "bias" in self:
+            shift = shift + self.bias
+        shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+        return scale.reshape(shape).astype(x.dtype), shift.reshape(shape).astype(x.dtype)
+
+
+@mx.compile
+def _squared_deviation(x: mx.array, mean: mx.array) -> mx.array:
+    return mx.square(x - mean)
+
+
+@mx.compile
+def _scale_shift(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+    return x * scale + shift
+
+
+@mx.compile
+def _scale_shift_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+    return silu_poly(x * scale + shift)
 
 
 class Conv2d(nn.Conv2d):
@@ -167,10 +213,10 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = output_scale_factor
 
     def __call__(self, x: mx.array, temb: mx.array | None = None) -> mx.array:
-        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv1(self.norm1.silu(x))
         if temb is not None:
             h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
-        h = self.conv2(silu(self.norm2(h)))
+        h = self.conv2(self.norm2.silu(h))
         if "conv_shortcut" in self:
             x = self.conv_shortcut(x)
         out = x + h

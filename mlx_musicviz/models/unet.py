@@ -255,4 +255,4 @@ class UNet2DConditionModel(nn.Module):
             x = self.mid_block(x, temb, encoder_hidden_states)
         for block in self.up_blocks:
             x = block(x, skips, temb, encoder_hidden_states)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out.silu(x))
