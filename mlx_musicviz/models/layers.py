@@ -48,11 +48,13 @@ class GroupNorm(nn.GroupNorm):
         return silu(self(x))
 
     def _column_sums(self, rows: mx.array) -> mx.array:
-        """(N, P, C) -> (N, C): sums over P, in blocks of ROW_BLOCK rows first."""
+        """(N, P, C) -> (N, C): sums over P, in blocks of ROW_BLOCK rows first (the rest apart)."""
         b, p, c = rows.shape
-        if p > self.ROW_BLOCK and p % self.ROW_BLOCK == 0:
-            rows = rows.reshape(b, p // self.ROW_BLOCK, self.ROW_BLOCK, c).sum(axis=2)
-        return rows.sum(axis=1)
+        whole = p - p % self.ROW_BLOCK
+        if whole <= self.ROW_BLOCK:
+            return rows.sum(axis=1)
+        sums = rows[:, :whole].reshape(b, whole // self.ROW_BLOCK, self.ROW_BLOCK, c).sum(axis=2).sum(axis=1)
+        return sums + rows[:, whole:].sum(axis=1) if whole < p else sums
 
     def _scale_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """Per-channel (N, 1, ..., C) scale and shift with self(x) == x * scale + shift."""
