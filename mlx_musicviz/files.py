@@ -7,6 +7,7 @@ place only once complete, so a failure or Ctrl-C never leaves a half-written fil
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,17 +38,21 @@ def check_output_path(output: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def temporary_beside(path: Path, suffix: str) -> str:
+    """Create an empty file with a fresh hidden name beside `path` and return its name.
 
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file onto `path`, with the mode a plain open() would have given
-    it (mkstemp makes 0600)."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    Created with mode 0666 less the umask, as a plain open() would (mkstemp makes 0600, which the
+    finished file would keep); reading the umask instead would mean setting it process-wide for a
+    moment, a race with the threads that encode video.
+    """
+    for _ in range(100):
+        name = path.parent / f".{path.stem}-{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(name)
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager
@@ -58,13 +63,12 @@ def atomic_output(path: str | os.PathLike, make_parents: bool = False):
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+        tmp = temporary_beside(path, path.suffix)
     except OSError as e:
         raise MusicvizError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
     try:
         yield tmp
-        publish(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -4,12 +4,11 @@ temporary name beside the target and renamed only when complete."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .files import check_output_path, publish
+from .files import check_output_path, temporary_beside
 
 AUDIO_RATE = 44100
 
@@ -28,9 +27,7 @@ class VideoWriter:
         import av
 
         self.target = check_output_path(output)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.stem}-", suffix=".partial.mp4", dir=self.target.parent or ".")
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = Path(temporary_beside(self.target, ".partial.mp4"))
         self.container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         rate = Fraction(fps).limit_denominator(1001)
         self.video = self.container.add_stream("libx264", rate=rate)
@@ -77,7 +74,7 @@ class VideoWriter:
         self.container.mux(self.video.encode(None))
         self.container.close()
         self._closed = True
-        publish(self.tmp, self.target)
+        os.replace(self.tmp, self.target)
         return self.target
 
     def abort(self) -> None:
