@@ -1,5 +1,5 @@
-"""The CPU fast paths of layers.Conv2d (against mlx's own convolution) and layers.GroupNorm
-(against float64 and PyTorch)."""
+"""The CPU fast paths of layers.Conv2d (rows of taps, few outputs; against mlx's own convolution)
+and layers.GroupNorm (against float64 and PyTorch)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,20 +11,31 @@ from mlx_musicviz.models.activations import silu
 from mlx_musicviz.models.layers import Conv2d, group_norm
 
 
-@pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 64, True), (2, 33, 50, 16, 3, True),
-                                                (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 8, True)])
-def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
-    monkeypatch.setattr(Conv2d, "MIN_PIXELS", 1)
-    monkeypatch.setattr(Conv2d, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
+def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
+    """layers.Conv2d on random input, checked to take `path`, against nn.Conv2d with its weights."""
     mx.random.seed(0)
     fast = Conv2d(c, o, 3, padding=1, bias=bias)
     ref = nn.Conv2d(c, o, 3, padding=1, bias=bias)
     ref.update(fast.parameters())
     x = mx.random.normal((batch, h, w, c))
-    assert fast._fast_path(x)
+    assert getattr(fast, path)(x)
     got, want = np.array(fast(x)), np.array(ref(x))
     assert got.shape == want.shape == (batch, h, w, o)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 64, True), (2, 33, 50, 16, 12, True),
+                                                (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True)])
+def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
+    monkeypatch.setattr(Conv2d, "MIN_PIXELS", 1)
+    monkeypatch.setattr(Conv2d, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "_fast_path") < 1e-6
+
+
+@pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 3, True), (2, 9, 11, 320, 4, True),
+                                                (1, 1, 5, 8, 8, False), (2, 64, 64, 128, 1, True)])
+def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "_few_outputs_path") < 1e-6
 
 
 def test_other_convolutions_take_mlx_path():
@@ -35,6 +46,11 @@ def test_other_convolutions_take_mlx_path():
     assert not Conv2d(320, 320, 3, padding=1)._fast_path(mx.zeros((1, 256, 256, 320)))
     assert not Conv2d(64, 64, 3, padding=1)._fast_path(mx.zeros((1, 64, 64, 64)))
     assert not Conv2d(64, 64, 3, padding=1)._fast_path(x.astype(mx.float16))
+    assert Conv2d(320, 4, 3, padding=1)._few_outputs_path(mx.zeros((1, 64, 64, 320)))
+    assert not Conv2d(64, 9, 3, padding=1)._few_outputs_path(x)
+    assert not Conv2d(64, 3, 3, padding=1, stride=2)._few_outputs_path(x)
+    assert not Conv2d(64, 3, 1)._few_outputs_path(x)
+    assert not Conv2d(64, 3, 3, padding=1)._few_outputs_path(x.astype(mx.float16))
 
 
 def _group_norm_float64(x: np.ndarray, groups: int, eps: float, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

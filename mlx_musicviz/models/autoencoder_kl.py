@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .configs import KLVAEConfig
-from .layers import Attention, ResnetBlock2D, Upsample2D, group_norm
+from .layers import Attention, Conv2d, ResnetBlock2D, Upsample2D, group_norm
 
 
 class VAEAttention(Attention):
@@ -66,7 +66,7 @@ class DecoderKL(nn.Module):
             self.up_blocks.append(UpDecoderBlock(prev, out, config.layers_per_block + 1, g, i < len(ch) - 1))
             prev = out
         self.conv_norm_out = group_norm(g, ch[-1], 1e-6)
-        self.conv_out = nn.Conv2d(ch[-1], config.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, z):
         x = self.mid_block(self.conv_in(z))

@@ -13,7 +13,7 @@ import mlx.nn as nn
 
 from .activations import gelu, silu
 from .configs import UNetConfig
-from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, group_norm, timestep_embedding
+from .layers import Attention, Conv2d, Downsample2D, ResnetBlock2D, Upsample2D, group_norm, timestep_embedding
 
 
 class FeedForward(nn.Module):
@@ -226,7 +226,7 @@ class UNet2DConditionModel(nn.Module):
             self.up_blocks.append(UpBlock(config, level, prev, out, inp, temb))
             prev = out
         self.conv_norm_out = group_norm(config.norm_num_groups, ch[0], config.norm_eps)
-        self.conv_out = nn.Conv2d(ch[0], config.out_channels, config.conv_out_kernel, padding=pad_out)
+        self.conv_out = Conv2d(ch[0], config.out_channels, config.conv_out_kernel, padding=pad_out)
 
     def time_embed(self, timesteps: mx.array | float | int, batch: int = 1) -> mx.array:
         """Time embedding (N, 4*C) for timesteps; compute it once per timestep and pass it as `temb`."""
