@@ -138,9 +138,7 @@ class Conv2d(nn.Conv2d):
             return super().__call__(x)
         o, _, _, c = self.weight.shape
         b, h, w, _ = x.shape
-        wp = w + 2
-        # One extra bottom row keeps the last tap's view of the last strip inside the buffer.
-        flat = mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(b, -1, c)
+        flat, wp = _row_layout(x)
         taps = self.weight.transpose(1, 2, 3, 0).reshape(9, c, o)
         bias = self.bias if "bias" in self else mx.zeros((o,), x.dtype)
         rows = max(1, self.STRIP_ELEMENTS // wp)
@@ -158,16 +156,25 @@ class Conv2d(nn.Conv2d):
     def _few_outputs(self, x: mx.array) -> mx.array:
         o, _, _, c = self.weight.shape
         b, h, w, _ = x.shape
-        wp = w + 2
-        flat = mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(-1, c)
+        flat, wp = _row_layout(x)
         taps = self.weight.transpose(3, 1, 2, 0).reshape(c, 9 * o)  # column t * o + j: tap t, output j
-        every_tap = (flat @ taps).reshape(b, -1, 9 * o)
+        every_tap = flat @ taps
         y = self.bias if "bias" in self else None
         for t in range(9):
             start = (t // 3) * wp + t % 3  # tap (dy, dx) is a row offset in the padded map's layout
             view = every_tap[:, start:start + h * wp, t * o:(t + 1) * o]
             y = view if y is None else y + view
         return y.reshape(b, h, wp, o)[:, :, :w]
+
+
+def _row_layout(x: mx.array) -> tuple[mx.array, int]:
+    """(N, H, W, C) -> its zero-padded map flattened to (N, (H + 3) * (W + 2), C), and W + 2.
+
+    In this layout tap (dy, dx) of a 3x3 convolution is the row offset dy * (W + 2) + dx; the one
+    extra bottom row keeps the last tap's view of the last output row inside the buffer.
+    """
+    b, _, w, c = x.shape
+    return mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(b, -1, c), w + 2
 
 
 def group_norm(groups: int, channels: int, eps: float, affine: bool = True) -> GroupNorm:
