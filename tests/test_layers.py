@@ -1,5 +1,5 @@
-"""The CPU fast paths of layers.Conv2d (rows of taps, few outputs; against mlx's own convolution)
-and layers.GroupNorm (against float64 and PyTorch)."""
+"""The CPU paths of layers.conv2d (rows of taps, few outputs; float and quantized layers; against
+mlx's own convolution) and layers.GroupNorm (against float64 and PyTorch)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
+from mlx_musicviz.models import layers
 from mlx_musicviz.models.activations import silu
-from mlx_musicviz.models.layers import Conv2d, group_norm
+from mlx_musicviz.models.layers import Conv2d, conv_path, group_norm
 
 
 def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
@@ -18,7 +19,7 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
     ref = nn.Conv2d(c, o, 3, padding=1, bias=bias)
     ref.update(fast.parameters())
     x = mx.random.normal((batch, h, w, c))
-    assert getattr(fast, path)(x)
+    assert conv_path(x, fast.weight, fast.stride, fast.padding, fast.dilation) == path
     got, want = np.array(fast(x)), np.array(ref(x))
     assert got.shape == want.shape == (batch, h, w, o)
     return np.linalg.norm(got - want) / np.linalg.norm(want)
@@ -27,30 +28,51 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 64, True), (2, 33, 50, 16, 12, True),
                                                 (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True)])
 def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
-    monkeypatch.setattr(Conv2d, "MIN_PIXELS", 1)
-    monkeypatch.setattr(Conv2d, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
-    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "_fast_path") < 1e-6
+    monkeypatch.setattr(layers, "MIN_PIXELS", 1)
+    monkeypatch.setattr(layers, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "rows") < 1e-6
 
 
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 3, True), (2, 9, 11, 320, 4, True),
                                                 (1, 1, 5, 8, 8, False), (2, 64, 64, 128, 1, True)])
 def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
-    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "_few_outputs_path") < 1e-6
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "few_outputs") < 1e-6
 
 
 def test_other_convolutions_take_mlx_path():
+    def path(x, c, o, kernel=3, stride=1):
+        return conv_path(x, mx.zeros((o, kernel, kernel, c)), stride, kernel // 2)
+
     x = mx.zeros((1, 256, 256, 64))
-    assert Conv2d(64, 64, 3, padding=1)._fast_path(x)
-    assert not Conv2d(64, 64, 3, padding=1, stride=2)._fast_path(x)
-    assert not Conv2d(64, 64, 1)._fast_path(x)
-    assert not Conv2d(320, 320, 3, padding=1)._fast_path(mx.zeros((1, 256, 256, 320)))
-    assert not Conv2d(64, 64, 3, padding=1)._fast_path(mx.zeros((1, 64, 64, 64)))
-    assert not Conv2d(64, 64, 3, padding=1)._fast_path(x.astype(mx.float16))
-    assert Conv2d(320, 4, 3, padding=1)._few_outputs_path(mx.zeros((1, 64, 64, 320)))
-    assert not Conv2d(64, 9, 3, padding=1)._few_outputs_path(x)
-    assert not Conv2d(64, 3, 3, padding=1, stride=2)._few_outputs_path(x)
-    assert not Conv2d(64, 3, 1)._few_outputs_path(x)
-    assert not Conv2d(64, 3, 3, padding=1)._few_outputs_path(x.astype(mx.float16))
+    assert path(x, 64, 64) == "rows"
+    assert path(x, 64, 64, stride=2) == "mlx"
+    assert path(x, 64, 64, kernel=1) == "mlx"
+    assert path(mx.zeros((1, 256, 256, 320)), 320, 320) == "mlx"
+    assert path(mx.zeros((1, 64, 64, 64)), 64, 64) == "mlx"
+    assert path(x.astype(mx.float16), 64, 64) == "mlx"
+    assert path(mx.zeros((1, 64, 64, 320)), 320, 4) == "few_outputs"
+    assert path(x, 64, 9) == "rows"
+    assert path(x, 64, 3, stride=2) == "mlx"
+    assert path(x, 64, 3, kernel=1) == "mlx"
+    assert path(x.astype(mx.float16), 64, 3) == "mlx"
+
+
+@pytest.mark.parametrize("c,o,size,path", [(64, 64, 130, "_rows_of_taps"), (64, 3, 40, "_few_outputs"),
+                                            (320, 4, 16, "_few_outputs")])
+def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, path):
+    from mlx_musicviz.models.quantized import QuantizedConv2d
+
+    taken = []
+    original = getattr(layers, path)
+    monkeypatch.setattr(layers, path, lambda *args: taken.append(path) or original(*args))
+    mx.random.seed(2)
+    q = QuantizedConv2d.from_float(nn.Conv2d(c, o, 3, padding=1), group_size=64, bits=8)
+    x = mx.random.normal((1, size, size, c))
+    got = np.array(q(x))
+    assert taken == [path]
+    kernel = q.dequantized(mx.float32).reshape(q.kernel_shape)
+    want = np.array(mx.conv2d(x, kernel, padding=1) + q.bias)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
 
 
 def _group_norm_float64(x: np.ndarray, groups: int, eps: float, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -94,77 +94,97 @@ def _scale_shift_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array
     return silu_poly(x * scale + shift)
 
 
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d with a CPU fast path for 3x3, stride-1, padding-1 kernels over large, narrow maps.
+# The CPU paths of `conv2d` (3x3, stride 1, padding 1, float32); tests change these.
+MIN_PIXELS = 128 * 128  # rows of taps from this map size: below it mlx's own path is as fast
+MAX_CHANNELS = 128  # rows of taps up to this many input channels: wider layers (the UNet's) run near
+#                     the matmul peak in mlx's own path
+STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
+FEW_OUTPUTS = 8  # at most this many output channels: the one-matmul path
 
-    mlx's CPU convolution copies 9 shifted views into one im2col buffer; over a 512x512 map of 64
-    channels (600 MB of copies) that costs more than the matmul. Here the output is computed in
-    the padded map's row layout (W + 2 columns, the 2 extra dropped at the end), where every tap
-    (dy, dx) is a contiguous row offset of the flattened padded input: 9 accumulating matmuls
-    over views, no input copies. Strips of output rows keep the accumulator in cache.
-    Measured on a 2-core x86-64 (64 channels): 1.3-1.6x faster than mlx at 512x512, ~2x at
-    256x256.
 
-    Few output channels (the decoders' image convolutions, the UNet's conv_out) take another path:
-    BLAS runs an N = 3 or 4 matmul at ~10 GFLOP/s here, so all 9 taps' outputs come from one
-    (pixels, C) @ (C, 9 * O) matmul over the padded map, and the output is the sum of 9 shifted
-    views of it. Measured here (interleaved runs): 64->3 at 512x512 113 -> 80 ms, 128->3 (KL VAE)
-    ~500 -> ~140 ms, 320->4 at 64x64 20 -> 4.5 ms.
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def conv_path(x: mx.array, weight: mx.array, stride=1, padding=0, dilation=1) -> str:
+    """How `conv2d` computes x (N, H, W, C) with weight (O, kh, kw, C): "few_outputs", "rows" or "mlx"."""
+    o, kh, kw, c = weight.shape
+    if not ((kh, kw) == (3, 3) and _pair(stride) == (1, 1) and _pair(padding) == (1, 1) and _pair(dilation) == (1, 1)
+            and x.dtype == mx.float32 and mx.default_device() == mx.cpu):
+        return "mlx"
+    if o <= FEW_OUTPUTS:
+        return "few_outputs"
+    if c <= MAX_CHANNELS and x.shape[1] * x.shape[2] >= MIN_PIXELS:
+        return "rows"
+    return "mlx"
+
+
+def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1, padding=0,
+           dilation=1) -> mx.array:
+    """mx.conv2d (+ bias), with two CPU paths for 3x3, stride-1, padding-1 float32 kernels.
+
+    Rows of taps (large maps of at most 128 channels: the tiny VAE's): mlx's CPU convolution copies
+    9 shifted views into one im2col buffer; over a 512x512 map of 64 channels (600 MB of copies)
+    that costs more than the matmul. Here the output is computed in the padded map's row layout
+    (`_row_layout`), where every tap (dy, dx) is a contiguous row offset: 9 accumulating matmuls
+    over views, no input copies. Strips of output rows keep the accumulator in cache. Measured on a
+    2-core x86-64 (64 channels): 1.3-1.6x faster than mlx at 512x512, ~2x at 256x256.
+
+    Few outputs (the decoders' image convolutions, the UNet's conv_out): BLAS runs an N = 3 or 4
+    matmul at ~10 GFLOP/s here, so all 9 taps' outputs come from one (pixels, C) @ (C, 9 * O)
+    matmul over the padded map, and the output is the sum of 9 shifted views of it. Measured here
+    (interleaved runs): 64->3 at 512x512 113 -> 80 ms, 128->3 (KL VAE) ~500 -> ~140 ms, 320->4 at
+    64x64 20 -> 4.5 ms.
     """
+    path = conv_path(x, weight, stride, padding, dilation)
+    if path == "few_outputs":
+        return _few_outputs(x, weight, bias)
+    if path == "rows":
+        return _rows_of_taps(x, weight, bias)
+    y = mx.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)
+    return y if bias is None else y + bias
 
-    MIN_PIXELS = 128 * 128  # smaller maps: mlx's own path is as fast
-    MAX_CHANNELS = 128  # wider layers (the UNet's) already run near the matmul peak in mlx
-    STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
 
-    FEW_OUTPUTS = 8  # at most this many output channels: the one-matmul path
+def _rows_of_taps(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    o, _, _, c = weight.shape
+    b, h, w, _ = x.shape
+    flat, wp = _row_layout(x)
+    taps = weight.transpose(1, 2, 3, 0).reshape(9, c, o)
+    bias = bias if bias is not None else mx.zeros((o,), x.dtype)
+    rows = max(1, STRIP_ELEMENTS // wp)
+    strips = []
+    for i in range(b):
+        for top in range(0, h, rows):
+            n = min(rows, h - top)
+            y = mx.broadcast_to(bias, (n * wp, o))
+            for t in range(9):
+                start = (top + t // 3) * wp + t % 3
+                y = mx.addmm(y, flat[i, start:start + n * wp], taps[t])
+            strips.append(y.reshape(n, wp, o)[:, :w])
+    return mx.concatenate(strips).reshape(b, h, w, o)
 
-    def _same_3x3_on_cpu(self, x: mx.array) -> bool:
-        """A 3x3, stride-1, padding-1 convolution of float32 on the CPU: the shape both paths take."""
-        return (self.weight.shape[1:3] == (3, 3) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (1, 1)
-                and self.dilation in (1, (1, 1)) and getattr(self, "groups", 1) == 1 and x.dtype == mx.float32
-                and mx.default_device() == mx.cpu)
 
-    def _few_outputs_path(self, x: mx.array) -> bool:
-        return self.weight.shape[0] <= self.FEW_OUTPUTS and self._same_3x3_on_cpu(x)
+def _few_outputs(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    o, _, _, c = weight.shape
+    b, h, w, _ = x.shape
+    flat, wp = _row_layout(x)
+    taps = weight.transpose(3, 1, 2, 0).reshape(c, 9 * o)  # column t * o + j: tap t, output j
+    every_tap = flat @ taps
+    y = bias
+    for t in range(9):
+        start = (t // 3) * wp + t % 3  # tap (dy, dx) is a row offset in the padded map's layout
+        view = every_tap[:, start:start + h * wp, t * o:(t + 1) * o]
+        y = view if y is None else y + view
+    return y.reshape(b, h, wp, o)[:, :, :w]
 
-    def _fast_path(self, x: mx.array) -> bool:
-        return (self.weight.shape[3] <= self.MAX_CHANNELS and x.shape[1] * x.shape[2] >= self.MIN_PIXELS
-                and self._same_3x3_on_cpu(x))
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d computed by `conv2d`, with its CPU paths."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self._few_outputs_path(x):
-            return self._few_outputs(x)
-        if not self._fast_path(x):
+        if getattr(self, "groups", 1) != 1:
             return super().__call__(x)
-        o, _, _, c = self.weight.shape
-        b, h, w, _ = x.shape
-        flat, wp = _row_layout(x)
-        taps = self.weight.transpose(1, 2, 3, 0).reshape(9, c, o)
-        bias = self.bias if "bias" in self else mx.zeros((o,), x.dtype)
-        rows = max(1, self.STRIP_ELEMENTS // wp)
-        strips = []
-        for i in range(b):
-            for top in range(0, h, rows):
-                n = min(rows, h - top)
-                y = mx.broadcast_to(bias, (n * wp, o))
-                for t in range(9):
-                    start = (top + t // 3) * wp + t % 3
-                    y = mx.addmm(y, flat[i, start:start + n * wp], taps[t])
-                strips.append(y.reshape(n, wp, o)[:, :w])
-        return mx.concatenate(strips).reshape(b, h, w, o)
-
-    def _few_outputs(self, x: mx.array) -> mx.array:
-        o, _, _, c = self.weight.shape
-        b, h, w, _ = x.shape
-        flat, wp = _row_layout(x)
-        taps = self.weight.transpose(3, 1, 2, 0).reshape(c, 9 * o)  # column t * o + j: tap t, output j
-        every_tap = flat @ taps
-        y = self.bias if "bias" in self else None
-        for t in range(9):
-            start = (t // 3) * wp + t % 3  # tap (dy, dx) is a row offset in the padded map's layout
-            view = every_tap[:, start:start + h * wp, t * o:(t + 1) * o]
-            y = view if y is None else y + view
-        return y.reshape(b, h, wp, o)[:, :, :w]
+        return conv2d(x, self.weight, self.get("bias"), self.stride, self.padding, self.dilation)
 
 
 def _row_layout(x: mx.array) -> tuple[mx.array, int]:

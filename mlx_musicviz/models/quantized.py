@@ -29,6 +29,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import MusicvizError
+from .layers import conv2d
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -208,8 +209,8 @@ class QuantizedConv2d(_Quantized):
 
     def __call__(self, x: mx.array) -> mx.array:
         kernel = self.dequantized(x.dtype).reshape(self.kernel_shape)
-        y = mx.conv2d(x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        return y + self.bias.astype(y.dtype) if "bias" in self else y
+        bias = self.bias.astype(x.dtype) if "bias" in self else None
+        return conv2d(x, kernel, bias, self.stride, self.padding, self.dilation)
 
 
 # -- plans --------------------------------------------------------------------------------------
