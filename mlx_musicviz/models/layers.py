@@ -39,12 +39,12 @@ class GroupNorm(nn.GroupNorm):
     def __call__(self, x: mx.array) -> mx.array:
         if not self._own_path(x):
             return super().__call__(x)
-        return _scale_shift(x, *self._scale_shift(x))
+        return _scale_shift(x, *self._normalizer(x))
 
     def silu(self, x: mx.array) -> mx.array:
         """silu(self(x)), the normalization and the activation in one pass on the CPU."""
         if on_cpu(x):
-            return _scale_shift_silu(x, *self._scale_shift(x))
+            return _scale_shift_silu(x, *self._normalizer(x))
         return silu(self(x))
 
     def _column_sums(self, rows: mx.array) -> mx.array:
@@ -56,7 +56,7 @@ class GroupNorm(nn.GroupNorm):
         sums = rows[:, :whole].reshape(b, whole // self.ROW_BLOCK, self.ROW_BLOCK, c).sum(axis=2).sum(axis=1)
         return sums + rows[:, whole:].sum(axis=1) if whole < p else sums
 
-    def _scale_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
+    def _normalizer(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """Per-channel (N, 1, ..., C) scale and shift with self(x) == x * scale + shift."""
         b, c = x.shape[0], x.shape[-1]
         g = self.num_groups
@@ -110,7 +110,7 @@ def conv_path(x: mx.array, weight: mx.array, stride=1, padding=0, dilation=1) ->
     """How `conv2d` computes x (N, H, W, C) with weight (O, kh, kw, C): "few_outputs", "rows" or "mlx"."""
     o, kh, kw, c = weight.shape
     if not ((kh, kw) == (3, 3) and _pair(stride) == (1, 1) and _pair(padding) == (1, 1) and _pair(dilation) == (1, 1)
-            and x.dtype == mx.float32 and mx.default_device() == mx.cpu):
+            and on_cpu(x)):
         return "mlx"
     if o <= FEW_OUTPUTS:
         return "few_outputs"
