@@ -2,10 +2,12 @@
 
 `TorchReference` (used by `musicviz-mlx bench`, needs the `dev` extra) builds the model of a
 `random:NAME` architecture with diffusers / transformers (random weights), saves it as a diffusers
-checkpoint that mlx-musicviz converts, and times the same components the same way: median of N
-runs after a warm-up, float32, torch's default threads.
+checkpoint that mlx-musicviz converts, and times the same components on the same inputs, one call
+at a time when the benchmark asks (float32, torch's default threads), so the benchmark can take
+turns with its MLX calls: both sides see the same state of a shared machine.
 
-The PyTorch side runs in a child process of its own, this file run as a script. In the benchmark's
+The PyTorch side runs in a child process of its own, this file run as a script, that waits for
+requests on stdin and answers on stdout. In the benchmark's
 process mlx_musicviz has put OpenBLAS into the global symbol scope (see mlx_musicviz/_blas.py),
 and torch's own `sgemm_` calls would bind to it too: measured on the 2-core benchmark VM, that
 alone made the PyTorch UNet 2x slower (2.5 s alone, 4.6-5.6 s beside mlx_musicviz). The child
@@ -21,22 +23,25 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PROMPT_TOKENS = 77
 
 
 class TorchReference:
-    """Build, save and time the PyTorch reference in a clean child process, once.
+    """Build and save the PyTorch reference in a child process that stays alive to time it.
 
     `source`: the saved diffusers checkpoint (the same weights, for mlx-musicviz to convert);
-    `time(batch)`: seconds per image (UNet, VAE decode, frame) and per prompt (text encoder, given
-    `batch` prompts at once);
+    `time(component, batch)`: seconds of one call of "text_encoder" (`batch` prompts), "unet",
+    "vae" (decode) or "frame" (UNet + decode) on `batch` images, run in the child when asked, so
+    the benchmark can interleave these calls with its MLX calls (the first call of each is the
+    caller's warm-up);
     `matmul_gflops`: torch's float32 2048^3 matmul rate in the child; `info`: torch version,
     threads, and the BLAS libraries mapped into the child.
     """
 
-    def __init__(self, name: str, size: int, batches: tuple[int, ...], runs: int, seed: int = 0):
+    def __init__(self, name: str, size: int, seed: int = 0):
         from mlx_musicviz.errors import MusicvizError
         from mlx_musicviz.models.tokenizer import BUNDLED_VOCABULARY
         from mlx_musicviz.random_models import random_configs
@@ -46,26 +51,44 @@ class TorchReference:
         configs, pad = random_configs(name[len("random:"):])
         self._tmp = Path(tempfile.mkdtemp(prefix="musicviz-bench-"))
         job = {"configs": configs, "pad": pad, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
-               "size": size, "batches": list(batches), "runs": runs, "seed": seed}
+               "size": size, "seed": seed}
         (self._tmp / "job.json").write_text(json.dumps(job))
         # The child must not load the optimized BLAS (it would not import mlx_musicviz anyway; belt and braces).
         env = {**os.environ, "MLX_MUSICVIZ_BLAS": "0", "MLX_MUSICVIZ_MALLOC": "0"}
-        child = subprocess.run([sys.executable, __file__, str(self._tmp / "job.json")], env=env,
-                               capture_output=True, text=True)
-        if child.returncode != 0:
-            self.close()
-            last = (child.stderr.strip().splitlines() or ["no output"])[-1]
-            raise MusicvizError(f"the PyTorch reference failed: {last}")
-        out = json.loads((self._tmp / "result.json").read_text())
+        self._log = open(self._tmp / "child.log", "w+")  # noqa: SIM115 - the child writes to it until close()
+        self._child = subprocess.Popen([sys.executable, __file__, str(self._tmp / "job.json")], env=env, text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+        ready = self._reply()
         self.source = Path(job["folder"])
-        self._times = {int(b): t for b, t in out["times"].items()}
-        self.matmul_gflops = out["matmul_gflops"]
-        self.info = out["info"]
+        self.matmul_gflops = ready["matmul_gflops"]
+        self.info = ready["info"]
 
-    def time(self, batch: int) -> dict:
-        return self._times[batch]
+    def time(self, component: str, batch: int) -> float:
+        self._child.stdin.write(json.dumps({"component": component, "batch": batch}) + "\n")
+        self._child.stdin.flush()
+        return self._reply()["seconds"]
+
+    def _reply(self) -> dict:
+        from mlx_musicviz.errors import MusicvizError
+
+        line = self._child.stdout.readline()
+        if not line:  # the child died: its last line of stderr says why
+            self._child.wait()
+            self._log.seek(0)
+            last = (self._log.read().strip().splitlines() or ["no output"])[-1]
+            self.close()
+            raise MusicvizError(f"the PyTorch reference failed: {last}")
+        return json.loads(line)
 
     def close(self):
+        if self._child.poll() is None:
+            self._child.stdin.close()
+            try:
+                self._child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        self._log.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -97,6 +120,9 @@ def _mapped_blas() -> list[str]:
 
 
 def _child(job_path: Path) -> None:
+    # Replies go to the parent on the original stdout; anything a library prints goes to stderr.
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     import torch
     from diffusers import AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -120,29 +146,35 @@ def _child(job_path: Path) -> None:
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
 
-    _median = _load_median_time()
-    runs, size = job["runs"], job["size"]
-    times = {}
+    size = job["size"]
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([999])
+    inputs = {}  # batch -> (latents, prompt ids, embeddings, UNet output)
+
+    def batch_inputs(batch: int):
+        if batch not in inputs:
+            ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g).expand(batch, -1)
+            latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g)
+            embs = text_encoder(ids[:1]).last_hidden_state.expand(batch, -1, -1)
+            inputs[batch] = (latents, ids, embs, unet(latents, t, embs).sample)
+        return inputs[batch]
+
+    calls = {"text_encoder": lambda latents, ids, embs, noise: text_encoder(ids).last_hidden_state,
+             "unet": lambda latents, ids, embs, noise: unet(latents, t, embs).sample,
+             "vae": lambda latents, ids, embs, noise: vae.decode(noise).sample,
+             "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample).sample}
     with torch.no_grad():
         a = torch.randn(2048, 2048)
-        matmul = 2 * 2048**3 / _median(lambda: a @ a, 5) / 1e9
-        g = torch.Generator().manual_seed(1)
-        ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g)
-        emb = text_encoder(ids).last_hidden_state
-        t = torch.tensor([999])
-        for batch in job["batches"]:
-            latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g)
-            embs = emb.expand(batch, -1, -1)
-            prompts = ids.expand(batch, -1)
-            text = _median(lambda: text_encoder(prompts).last_hidden_state, runs) / batch
-            noise = unet(latents, t, embs).sample
-            unet_s = _median(lambda: unet(latents, t, embs).sample, runs)
-            vae_s = _median(lambda: vae.decode(noise).sample, runs)
-            frame = _median(lambda: vae.decode(unet(latents, t, embs).sample).sample, runs)
-            times[batch] = {"unet": unet_s / batch, "vae": vae_s / batch, "frame": frame / batch, "text_encoder": text}
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
-            "mlx_imported": "mlx.core" in sys.modules}
-    (job_path.parent / "result.json").write_text(json.dumps({"times": times, "matmul_gflops": matmul, "info": info}))
+        matmul = 2 * 2048**3 / _load_median_time()(lambda: a @ a, 5) / 1e9
+        info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
+                "mlx_imported": "mlx.core" in sys.modules}
+        replies.write(json.dumps({"matmul_gflops": matmul, "info": info}) + "\n")
+        for line in sys.stdin:  # one request a line, until the parent closes stdin
+            request = json.loads(line)
+            args = batch_inputs(request["batch"])
+            start = time.perf_counter()
+            calls[request["component"]](*args)
+            replies.write(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
 
 
 if __name__ == "__main__":

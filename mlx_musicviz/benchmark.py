@@ -8,8 +8,9 @@ the achieved GFLOP/s against the machine's float32 matmul peak measured in the s
 
 A reference (see benchmarks/torch_reference.py, used when torch and diffusers are installed)
 times the same architecture with the same weights in PyTorch, in a process of its own (this one
-has OpenBLAS in its global symbol scope, which would take over torch's BLAS calls), so each MLX
-time sits beside a PyTorch time from the same run. This module itself never imports torch.
+has OpenBLAS in its global symbol scope, which would take over torch's BLAS calls). The levels
+and PyTorch take turns call by call, so each ratio compares times taken in the same stretch of
+the run. This module itself never imports torch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .errors import MusicvizError
 from .timing import median_time
 
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
+COMPONENTS = ("text_encoder", "unet", "vae", "frame")
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PROMPT = "a lighthouse on a cliff in a storm, oil painting"
 
@@ -159,10 +161,63 @@ def _pipeline(source, level: str, group_size: int):
     return load_pipeline(source).quantize(bits, group_size)
 
 
+def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0.2) -> dict[str, dict[str, list]]:
+    """Seconds of each side's calls, taking turns: side -> component -> `runs` times.
+
+    `sides`: side name -> component -> a function that runs the component once and returns its
+    seconds. One untimed warm-up round, then `runs` rounds; in a round each component is run by
+    every side once, in an order rotated from round to round. On a shared or throttling machine
+    the speed drifts over minutes; taking turns puts every side's k-th time in the same stretch
+    of it, so ratios of the k-th times compare like with like. Sides whose names start with
+    "pytorch" run in another process: before a call that changes process, wait `switch_pause`
+    seconds, so that the other side's idle BLAS threads (which spin for a while) are asleep.
+    """
+    names = list(sides)
+    components = list(dict.fromkeys(c for calls in sides.values() for c in calls))
+    times = {name: {c: [] for c in sides[name]} for name in names}
+    last = [None]
+
+    def call(name: str, component: str) -> float:
+        process = name.startswith("pytorch")
+        if last[0] is not None and last[0] != process:
+            time.sleep(switch_pause)
+        last[0] = process
+        return sides[name][component]()
+
+    for round_ in range(-1, runs):  # round -1: warm-up
+        order = names[max(round_, 0) % len(names):] + names[:max(round_, 0) % len(names)]
+        for component in components:
+            for name in order:
+                if component in sides[name]:
+                    seconds = call(name, component)
+                    if round_ >= 0:
+                        times[name][component].append(seconds)
+    return times
+
+
+def _timer(fn):
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return timed
+
+
+def _paired_ratio(mine: list, theirs: list) -> float:
+    """Median over rounds of this round's time over the other side's time in the same round."""
+    return float(np.median([a / b for a, b in zip(mine, theirs)]))
+
+
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
-    """Run the benchmark. `reference` (benchmarks/torch_reference.py's TorchReference, already timed
-    for `config`): `source`, a model mlx-musicviz can load with the reference's weights; `time(batch)`,
-    seconds per component; `matmul_gflops`, its own matmul rate; `info`, where it ran."""
+    """Run the benchmark. `reference` (benchmarks/torch_reference.py's TorchReference): `source`, a
+    model mlx-musicviz can load with the reference's weights; `time(component, batch)`, seconds of
+    one PyTorch call, asked for in turn with the MLX calls; `matmul_gflops`, its own matmul rate;
+    `info`, where it ran.
+
+    Every level's pipeline is loaded at once so that the levels (and PyTorch) take turns, call by
+    call (see `interleaved_times`): times are medians of `runs` rounds, and the ratios (MLX over
+    PyTorch, a level over float32) medians of the rounds' ratios. A level's peak memory is its
+    weights plus the most its frame call allocated on top of what was already in use."""
     config.check()
     result = BenchResult(config=dict(config.__dict__), machine=machine_info())
     result.matmul_gflops_by["mlx"] = matmul_peak()
@@ -178,13 +233,13 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
         source = convert_checkpoint(reference.source, Path(reference.source).parent / "mlx")
 
-    baseline = {}
+    pipes, embeddings = {}, {}
     for level in config.levels:
-        pipe = _pipeline(source, level, config.group_size)
-        latent = pipe.latent_shape(config.size, config.size)[1:]
-        emb = pipe.encode_prompt(PROMPT)
-        mx.eval(emb)
+        pipe = pipes[level] = _pipeline(source, level, config.group_size)
+        embeddings[level] = pipe.encode_prompt(PROMPT)
+        mx.eval(embeddings[level])
         if not result.flops:
+            emb, latent = embeddings[level], pipe.latent_shape(config.size, config.size)[1:]
             one = mx.random.normal((1, *latent), key=mx.random.key(0))
             noise = pipe.unet(one.astype(pipe.dtype), None, emb.astype(pipe.dtype), temb=pipe._temb)
             result.flops = {
@@ -193,52 +248,66 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
                 "text_encoder": count_flops(lambda: mx.eval(pipe.encode_prompt(PROMPT))),
             }
             log("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()))
-        for batch in config.batches:
-            latents = mx.random.normal((batch, *latent), key=mx.random.key(1))
-            embs = mx.broadcast_to(emb, (batch, *emb.shape[1:]))
-            mx.eval(latents, embs)
+
+    for batch in config.batches:
+        rows, outputs, sides = {}, {}, {}
+        for level, pipe in pipes.items():
+            latents = mx.random.normal((batch, *pipe.latent_shape(config.size, config.size)[1:]), key=mx.random.key(1))
+            embs = mx.broadcast_to(embeddings[level], (batch, *embeddings[level].shape[1:]))
             prompts = [PROMPT] * batch
-            text = median_time(lambda: mx.eval(pipe.encode_prompt(prompts)), config.runs)
             denoised = pipe.denoise(latents, embs)
-            mx.eval(denoised)
+            mx.eval(latents, embs, denoised)
+            in_use = mx.get_active_memory()
             mx.reset_peak_memory()
-            unet = median_time(lambda: mx.eval(pipe.denoise(latents, embs)), config.runs)
-            vae = median_time(lambda: mx.eval(pipe.decode(denoised)), config.runs)
-            frame = median_time(lambda: mx.eval(pipe.generate(latents, embs)), config.runs)
+            mx.eval(pipe.generate(latents, embs))
+            weights = pipe.weight_bytes()
+            rows[level] = {"level": level, "batch": batch, "weight_bytes": weights,
+                           "peak_memory": mx.get_peak_memory() - in_use + sum(weights.values())}
             noise = pipe.unet(latents.astype(pipe.dtype), None, embs.astype(pipe.dtype), temb=pipe._temb)
             image = np.array(pipe.decode(pipe.scheduler.step(noise, latents.astype(pipe.dtype))))
-            noise = np.array(noise.astype(mx.float32))
-            row = {"level": level, "batch": batch, "text_encoder_s": text / batch, "unet_s": unet / batch,
-                   "vae_s": vae / batch, "frame_s": frame / batch, "fps": batch / frame,
-                   "weight_bytes": pipe.weight_bytes(), "peak_memory": mx.get_peak_memory(),
-                   "unet_gflops": result.flops["unet"] * batch / unet / 1e9,
-                   "vae_gflops": result.flops["vae"] * batch / vae / 1e9}
+            outputs[level] = (np.array(noise.astype(mx.float32)), image)
+            sides[level] = {
+                "text_encoder": _timer(lambda pipe=pipe, prompts=prompts: mx.eval(pipe.encode_prompt(prompts))),
+                "unet": _timer(lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.denoise(latents, embs))),
+                "vae": _timer(lambda pipe=pipe, denoised=denoised: mx.eval(pipe.decode(denoised))),
+                "frame": _timer(lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.generate(latents, embs))),
+            }
+        if reference is not None:
+            sides["pytorch-float32"] = {c: (lambda c=c, b=batch: reference.time(c, b)) for c in COMPONENTS}
+        times = interleaved_times(sides, config.runs)
+
+        for level, row in rows.items():
+            seconds = {c: float(np.median(times[level][c])) for c in COMPONENTS}
+            row.update({f"{c}_s": seconds[c] / batch for c in COMPONENTS})
+            row.update({"fps": batch / seconds["frame"],
+                        "unet_gflops": result.flops["unet"] * batch / seconds["unet"] / 1e9,
+                        "vae_gflops": result.flops["vae"] * batch / seconds["vae"] / 1e9})
             row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
-            if level == "float32":
-                baseline[batch] = (noise, image)
-            if batch in baseline:
-                ref_noise, ref_image = baseline[batch]
+            if "float32" in outputs:
+                (ref_noise, ref_image), (noise, image) = outputs["float32"], outputs[level]
                 row["unet_rel_l2"] = float(np.linalg.norm(noise - ref_noise) / np.linalg.norm(ref_noise))
                 row["frame_psnr"] = _psnr(image, ref_image)
+                if level != "float32":
+                    row["over_float32"] = {c: _paired_ratio(times[level][c], times["float32"][c]) for c in COMPONENTS}
             result.rows.append(row)
             log(f"{level:>8} b{batch}: frame {row['frame_s']:.3f} s ({row['fps']:.2f} fps), UNet {row['unet_s']:.3f} s "
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s, "
-                f"weights {sum(row['weight_bytes'].values()) / 2**20:.0f} MiB")
-        pipe = None  # free this level's weights before the next one loads
+                f"weights {sum(row['weight_bytes'].values()) / 2**20:.0f} MiB"
+                + (f"; frame {row['over_float32']['frame']:.2f}x float32" if "over_float32" in row else ""))
 
-    if reference is not None:
-        for batch in config.batches:
-            row = {"level": "pytorch-float32", "batch": batch, **{f"{k}_s": v for k, v in reference.time(batch).items()}}
+        if reference is not None:
+            theirs = times["pytorch-float32"]
+            row = {"level": "pytorch-float32", "batch": batch, **{f"{c}_s": float(np.median(theirs[c])) / batch for c in COMPONENTS}}
             row["fps"] = 1.0 / row["frame_s"]
             row["unet_gflops"] = result.flops["unet"] / row["unet_s"] / 1e9
             row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
-            mine = next((r for r in result.rows if r["level"] == "float32" and r["batch"] == batch), None)
-            if mine is not None:
-                row["mlx_over_pytorch"] = {k: mine[f"{k}_s"] / row[f"{k}_s"] for k in ("unet", "vae", "frame", "text_encoder")}
+            if "float32" in times:
+                row["mlx_over_pytorch"] = {c: _paired_ratio(times["float32"][c], theirs[c]) for c in COMPONENTS}
             result.reference.append(row)
             log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s "
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s"
-                + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if mine else ""))
+                + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if "mlx_over_pytorch" in row else ""))
+    pipes = embeddings = sides = pipe = None  # free the levels' weights before the render loads its own
 
     if config.render_seconds > 0:
         result.render = bench_render(source, config)
@@ -289,23 +358,26 @@ def markdown(result: BenchResult) -> str:
              + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"). Model {result.config['model']} at "
              f"{result.config['size']}x{result.config['size']}; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
-             ("| level | batch | frame s | fps | UNet s | VAE s | text enc. s/prompt | UNet GFLOP/s (% peak) | weights MiB "
-              "| peak MiB | UNet rel L2 | frame PSNR dB |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             (f"Times: medians of {result.config['runs']} round(s), the levels and PyTorch taking turns call by call; "
+              "ratios: medians of the rounds' ratios."), "",
+             ("| level | batch | frame s | frame / float32 | fps | UNet s | VAE s | text enc. s/prompt | UNet GFLOP/s (% peak) "
+              "| weights MiB | peak MiB | UNet rel L2 | frame PSNR dB |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
         err = f"{r['unet_rel_l2']:.4f}" if "unet_rel_l2" in r else "-"
         psnr = f"{r['frame_psnr']:.1f}" if "frame_psnr" in r else "-"
-        lines.append(f"| {r['level']} | {r['batch']} | {r['frame_s']:.3f} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
+        ratio = f"{r['over_float32']['frame']:.2f}x" if "over_float32" in r else "-"
+        lines.append(f"| {r['level']} | {r['batch']} | {r['frame_s']:.3f} | {ratio} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
                      f"{r['vae_s']:.3f} | {r['text_encoder_s']:.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) | "
                      f"{sum(r['weight_bytes'].values()) / 2**20:.0f} | {r['peak_memory'] / 2**20:.0f} | {err} | {psnr} |")
     for r in result.reference:
         ratio = r.get("mlx_over_pytorch", {})
-        lines.append(f"| PyTorch float32 | {r['batch']} | {r['frame_s']:.3f} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
+        lines.append(f"| PyTorch float32 | {r['batch']} | {r['frame_s']:.3f} | | {r['fps']:.2f} | {r['unet_s']:.3f} | "
                      f"{r['vae_s']:.3f} | {r.get('text_encoder_s', 0):.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) "
                      "| - | - | - | - |")
         if ratio:
             text = f"{ratio['text_encoder']:.2f}x" if "text_encoder" in ratio else ""
-            lines.append(f"| MLX / PyTorch | {r['batch']} | {ratio['frame']:.2f}x | | {ratio['unet']:.2f}x | "
+            lines.append(f"| MLX / PyTorch | {r['batch']} | {ratio['frame']:.2f}x | | | {ratio['unet']:.2f}x | "
                          f"{ratio['vae']:.2f}x | {text} | | | | | |")
     if result.reference_info:
         info = result.reference_info

@@ -202,7 +202,7 @@ def analyze(song, fps, start, duration, chart):
 
 def _torch_reference(config):
     """The PyTorch reference from benchmarks/ in this checkout, when torch and diffusers are installed.
-    It builds, saves and times the model in a child process now, before any MLX timing."""
+    It builds and saves the model in a child process now; the child times it when the benchmark asks."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -215,7 +215,7 @@ def _torch_reference(config):
     sys.path.insert(0, str(folder))
     from torch_reference import TorchReference
 
-    return TorchReference(config.model, config.size, config.batches, config.runs)
+    return TorchReference(config.model, config.size)
 
 
 def _mel_overrides(**kw) -> dict:

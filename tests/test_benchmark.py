@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mlx_musicviz.benchmark import count_flops
+from mlx_musicviz.benchmark import count_flops, interleaved_times
 from mlx_musicviz.pipeline import Pipeline
 
 
@@ -25,6 +25,32 @@ def test_flop_count_of_the_full_size_unet_matches_the_architecture():
     vae = count_flops(lambda: mx.eval(pipe.vae.decode(latents)))
     assert 412e9 < flops < 424e9, flops
     assert 135e9 < vae < 145e9, vae
+
+
+def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
+    """Every side runs each component once a round, the order rotating; the warm-up round is not
+    kept; a pause comes only where the process changes (a "pytorch" side is another process)."""
+    calls, clock = [], iter(range(1000))
+
+    def side(name):
+        return {c: (lambda c=c: calls.append((name, c)) or float(next(clock))) for c in ("unet", "vae")}
+
+    sides = {"float32": side("float32"), "8bit": side("8bit"), "pytorch-float32": side("pytorch-float32")}
+    sides["8bit"].pop("vae")  # a side may lack a component
+    pauses = []
+    monkeypatch.setattr("mlx_musicviz.benchmark.time.sleep", pauses.append)
+    times = interleaved_times(sides, runs=2, switch_pause=0.5)
+    # warm-up (round -1) in the given order, then round 0 the same, round 1 rotated by one
+    assert calls[:5] == [("float32", "unet"), ("8bit", "unet"), ("pytorch-float32", "unet"),
+                         ("float32", "vae"), ("pytorch-float32", "vae")]
+    assert calls[10:15] == [("8bit", "unet"), ("pytorch-float32", "unet"), ("float32", "unet"),
+                            ("pytorch-float32", "vae"), ("float32", "vae")]
+    assert len(calls) == 15
+    assert times["float32"]["unet"] == [5.0, 12.0] and times["8bit"]["unet"] == [6.0, 10.0]
+    assert times["pytorch-float32"]["vae"] == [9.0, 13.0] and "vae" not in times["8bit"]
+    # a pause at each change of process: 3 in the warm-up, 4 in round 0 (its first call follows
+    # PyTorch), 5 in round 1 (every call changes process)
+    assert pauses == [0.5] * 12, pauses
 
 
 @pytest.mark.slow
@@ -46,6 +72,7 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     # The PyTorch reference (the dev extra is installed wherever the tests run).
     assert {r["batch"] for r in data["reference"]} == {1, 2}
     assert all(r["mlx_over_pytorch"]["frame"] > 0 for r in data["reference"])
+    assert all(r["over_float32"]["frame"] > 0 for r in data["rows"] if r["level"] != "float32")
     # ... timed in a process of its own: no mlx, and not the OpenBLAS that mlx_musicviz preloads (which
     # would take over torch's sgemm_ calls and halve its speed).
     from mlx_musicviz import _blas
