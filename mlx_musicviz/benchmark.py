@@ -283,6 +283,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
                         "unet_gflops": result.flops["unet"] * batch / seconds["unet"] / 1e9,
                         "vae_gflops": result.flops["vae"] * batch / seconds["vae"] / 1e9})
             row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
+            row["rounds_s"] = times[level]  # seconds of each round's call (all `batch` images), for reading the spread
             if "float32" in outputs:
                 (ref_noise, ref_image), (noise, image) = outputs["float32"], outputs[level]
                 row["unet_rel_l2"] = float(np.linalg.norm(noise - ref_noise) / np.linalg.norm(ref_noise))
@@ -301,6 +302,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             row["fps"] = 1.0 / row["frame_s"]
             row["unet_gflops"] = result.flops["unet"] / row["unet_s"] / 1e9
             row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
+            row["rounds_s"] = theirs
             if "float32" in times:
                 row["mlx_over_pytorch"] = {c: _paired_ratio(times["float32"][c], theirs[c]) for c in COMPONENTS}
             result.reference.append(row)

@@ -73,6 +73,10 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert {r["batch"] for r in data["reference"]} == {1, 2}
     assert all(r["mlx_over_pytorch"]["frame"] > 0 for r in data["reference"])
     assert all(r["over_float32"]["frame"] > 0 for r in data["rows"] if r["level"] != "float32")
+    # one time a round (--quick: 1 round) per component, and the row's time is their median per image
+    for row in data["rows"] + data["reference"]:
+        assert {c: len(v) for c, v in row["rounds_s"].items()} == dict.fromkeys(("text_encoder", "unet", "vae", "frame"), 1)
+        assert row["frame_s"] == pytest.approx(row["rounds_s"]["frame"][0] / row["batch"])
     # ... timed in a process of its own: no mlx, and not the OpenBLAS that mlx_musicviz preloads (which
     # would take over torch's sgemm_ calls and halve its speed).
     from mlx_musicviz import _blas
