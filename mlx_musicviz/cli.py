@@ -300,7 +300,7 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
               help="Comma-separated: float32, float16, bfloat16, 8bit, 4bit.")
 @click.option("--batches", default="1,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
-@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per measurement (median).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed rounds; in each, every level and PyTorch run each component once, taking turns (median).")
 @click.option("--render-seconds", type=float, default=10.0, show_default=True,
               help="Length of the end-to-end render (0: skip).")
 @click.option("--audio", type=click.Path(exists=True, dir_okay=False), default=None,
