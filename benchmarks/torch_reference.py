@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 PROMPT_TOKENS = 77
@@ -94,15 +94,15 @@ class TorchReference:
 
 # ---- the child process: torch, diffusers and transformers only ----
 
-def _load_median_time():
-    """mlx_musicviz/timing.py's median_time, loaded by path: importing the package would load mlx."""
+def _load_timing():
+    """mlx_musicviz/timing.py (median_time, call_seconds), loaded by path: importing the package would load mlx."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "mlx_musicviz" / "timing.py"
     spec = importlib.util.spec_from_file_location("musicviz_timing", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.median_time
+    return module
 
 
 def _clean(config: dict) -> dict:
@@ -165,16 +165,16 @@ def _child(job_path: Path) -> None:
              "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample).sample}
     with torch.no_grad():
         a = torch.randn(2048, 2048)
-        matmul = 2 * 2048**3 / _load_median_time()(lambda: a @ a, 5) / 1e9
+        timing = _load_timing()
+        matmul = 2 * 2048**3 / timing.median_time(lambda: a @ a, 5) / 1e9
         info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
                 "mlx_imported": "mlx.core" in sys.modules}
         replies.write(json.dumps({"matmul_gflops": matmul, "info": info}) + "\n")
         for line in sys.stdin:  # one request a line, until the parent closes stdin
             request = json.loads(line)
             args = batch_inputs(request["batch"])
-            start = time.perf_counter()
-            calls[request["component"]](*args)
-            replies.write(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+            seconds = timing.call_seconds(partial(calls[request["component"]], *args))
+            replies.write(json.dumps({"seconds": seconds}) + "\n")
 
 
 if __name__ == "__main__":

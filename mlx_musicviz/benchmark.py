@@ -19,6 +19,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MusicvizError
-from .timing import median_time
+from .timing import call_seconds, median_time
 
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
 COMPONENTS = ("text_encoder", "unet", "vae", "frame")
@@ -195,14 +196,6 @@ def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0
     return times
 
 
-def _timer(fn):
-    def timed() -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    return timed
-
-
 def _paired_ratio(mine: list, theirs: list) -> float:
     """Median over rounds of this round's time over the other side's time in the same round."""
     return float(np.median([a / b for a, b in zip(mine, theirs)]))
@@ -267,10 +260,10 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             image = np.array(pipe.decode(pipe.scheduler.step(noise, latents.astype(pipe.dtype))))
             outputs[level] = (np.array(noise.astype(mx.float32)), image)
             sides[level] = {
-                "text_encoder": _timer(lambda pipe=pipe, prompts=prompts: mx.eval(pipe.encode_prompt(prompts))),
-                "unet": _timer(lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.denoise(latents, embs))),
-                "vae": _timer(lambda pipe=pipe, denoised=denoised: mx.eval(pipe.decode(denoised))),
-                "frame": _timer(lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.generate(latents, embs))),
+                "text_encoder": partial(call_seconds, lambda pipe=pipe, prompts=prompts: mx.eval(pipe.encode_prompt(prompts))),
+                "unet": partial(call_seconds, lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.denoise(latents, embs))),
+                "vae": partial(call_seconds, lambda pipe=pipe, denoised=denoised: mx.eval(pipe.decode(denoised))),
+                "frame": partial(call_seconds, lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.generate(latents, embs))),
             }
         if reference is not None:
             sides["pytorch-float32"] = {c: (lambda c=c, b=batch: reference.time(c, b)) for c in COMPONENTS}

@@ -10,12 +10,14 @@ import statistics
 import time
 
 
+def call_seconds(fn) -> float:
+    """Seconds of one call of `fn`, which must evaluate its work (mlx is lazy)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def median_time(fn, runs: int) -> float:
     """Seconds: median of `runs` timed calls after one warm-up call. `fn` must evaluate its work."""
     fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(call_seconds(fn) for _ in range(max(runs, 1)))
