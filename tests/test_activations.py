@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from mlx_musicviz.models import activations
 from mlx_musicviz.models.activations import on_cpu, attention, gelu, silu
 
 
@@ -49,6 +50,27 @@ def test_attention_softmax_matches_float64(spread):
     ref = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
     out = np.array(attention(mx.array(q), mx.array(k), mx.array(v), scale, mx.array(mask)))
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-6  # float32 numpy: 6e-7 at spread 100
+
+
+@pytest.mark.parametrize("mask_shape", [None, (50, 50), (2, 1, 50, 50), (2, 5, 50, 50)])
+def test_attention_split_over_two_streams_is_the_same_attention(monkeypatch, mask_shape):
+    """Half the heads on a second CPU stream: the same result as one stream, bit for bit, and
+    float64's; a mask with a head axis gives each half its own heads."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.normal(0, 1, (2, 5, 50, 16)).astype(np.float32) for _ in range(3))
+    mask = None if mask_shape is None else rng.normal(0, 4, mask_shape).astype(np.float32)
+    args = [mx.array(a) for a in (q, k, v)] + [0.5, None if mask is None else mx.array(mask)]
+    whole = np.array(attention(*args))
+    monkeypatch.setattr(activations, "SPLIT_SCORES", 1)
+    calls = []
+    monkeypatch.setattr(activations, "_heads", lambda m, a, b, heads=activations._heads: calls.append((a, b)) or heads(m, a, b))
+    split = np.array(attention(*args))
+    assert calls == [(0, 2), (2, 5)]
+    assert np.array_equal(split, whole)
+    s = (q.astype(np.float64) * 0.5) @ k.astype(np.float64).swapaxes(-1, -2) + (0 if mask is None else mask)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+    assert np.linalg.norm(split - ref) / np.linalg.norm(ref) < 2e-6
 
 
 @pytest.mark.parametrize("fill", [-1e9, float(np.finfo(np.float32).min)])
