@@ -9,7 +9,7 @@ import pytest
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
 from mlx_musicviz.models import layers
 from mlx_musicviz.models.activations import silu
-from mlx_musicviz.models.layers import Conv2d, conv_path, group_norm
+from mlx_musicviz.models.layers import Conv2d, LayerNorm, conv_path, group_norm
 
 
 def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
@@ -113,3 +113,29 @@ def test_group_norm_matches_float64_and_pytorch(shape, groups, offset):
         torch_out = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     # PyTorch's own float32 error is up to 2e-5 on the million-element groups; ours stays below 2e-6.
     assert np.linalg.norm(got - torch_out) / np.linalg.norm(torch_out) < 5e-5
+
+
+@pytest.mark.parametrize("shape,offset", [
+    ((1, 4096, 320), 0.0),   # the UNet's top level
+    ((2, 77, 1024), 5.0),    # the text encoder's width, a mean far from zero
+    ((3, 5, 7), 1.0),        # small and odd
+])
+def test_layer_norm_matches_float64_and_pytorch(shape, offset):
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + offset).astype(np.float32)
+    c = shape[-1]
+    weight, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    norm = LayerNorm(c, eps=1e-5)
+    norm.update({"weight": mx.array(weight), "bias": mx.array(bias)})
+    got = np.array(norm(mx.array(x)))
+    xd = x.astype(np.float64)
+    want = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * weight + bias
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    mlx_own = np.array(nn.LayerNorm.__call__(norm, mx.array(x)))  # the path a GPU takes
+    assert np.linalg.norm(got - mlx_own) / np.linalg.norm(want) < 1e-6
+    with torch.no_grad():
+        torch_out = torch.nn.functional.layer_norm(torch.from_numpy(x), (c,), torch.from_numpy(weight),
+                                                   torch.from_numpy(bias), 1e-5).numpy()
+    assert np.linalg.norm(got - torch_out) / np.linalg.norm(torch_out) < 1e-6

@@ -94,6 +94,29 @@ def _scale_shift_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array
     return silu_poly(x * scale + shift)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm; on the CPU its row statistics are matmuls with a column of 1 / C.
+
+    mlx's CPU reductions are single-threaded and take several passes; BLAS sums the rows on both
+    cores. Mean first, then the mean of the squared deviations (two passes, accurate where
+    E[x^2] - E[x]^2 would cancel), then one fused pass for the normalization and the affine
+    (2-core x86-64, the UNet's 27 LayerNorms at 512x512: 0.70x mlx's time).
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not (on_cpu(x) and "weight" in self and "bias" in self):
+            return super().__call__(x)
+        mean_of = mx.full((x.shape[-1], 1), 1.0 / x.shape[-1], x.dtype)
+        mean = x @ mean_of
+        variance = _squared_deviation(x, mean) @ mean_of
+        return _normalize_affine(x, mean, mx.rsqrt(variance + self.eps), self.weight, self.bias)
+
+
+@mx.compile
+def _normalize_affine(x: mx.array, mean: mx.array, rstd: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
+    return (x - mean) * rstd * weight + bias
+
+
 # The CPU paths of `conv2d` (3x3, stride 1, padding 1, float32); tests change these.
 MIN_PIXELS = 128 * 128  # rows of taps from this map size: below it mlx's own path is as fast
 MAX_CHANNELS = 128  # rows of taps up to this many input channels: wider layers (the UNet's) run near

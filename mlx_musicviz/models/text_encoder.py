@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .activations import attention, gelu
+from .layers import LayerNorm
 from .configs import CLIPTextConfig
 
 
@@ -50,9 +51,9 @@ class CLIPEncoderLayer(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
         self.self_attn = CLIPAttention(config.hidden_size, config.num_attention_heads)
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = CLIPMLP(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def __call__(self, x, mask):
         x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -81,7 +82,7 @@ class CLIPTextTransformer(nn.Module):
         super().__init__()
         self.embeddings = CLIPEmbeddings(config)
         self.encoder = CLIPEncoder(config)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import mlx.nn as nn
 
 from .activations import gelu, silu
 from .configs import UNetConfig
-from .layers import Attention, Conv2d, Downsample2D, ResnetBlock2D, Upsample2D, group_norm, timestep_embedding
+from .layers import (Attention, Conv2d, Downsample2D, LayerNorm, ResnetBlock2D, Upsample2D, group_norm,
+                     timestep_embedding)
 
 
 class FeedForward(nn.Module):
@@ -42,11 +43,11 @@ class BasicTransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, only_cross_attention: bool):
         super().__init__()
         self.only_cross_attention = only_cross_attention
-        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm1 = LayerNorm(dim, eps=1e-5)
         self.attn1 = Attention(dim, heads, dim_head, context_dim if only_cross_attention else None)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm2 = LayerNorm(dim, eps=1e-5)
         self.attn2 = Attention(dim, heads, dim_head, context_dim)
-        self.norm3 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm3 = LayerNorm(dim, eps=1e-5)
         self.ff = FeedForward(dim)
 
     def __call__(self, x: mx.array, context: mx.array) -> mx.array:
