@@ -100,7 +100,7 @@ class LayerNorm(nn.LayerNorm):
     mlx's CPU reductions are single-threaded and take several passes; BLAS sums the rows on both
     cores. Mean first, then the mean of the squared deviations (two passes, accurate where
     E[x^2] - E[x]^2 would cancel), then one fused pass for the normalization and the affine
-    (2-core x86-64, the UNet's 27 LayerNorms at 512x512: 0.70x mlx's time).
+    (2-core x86-64, the UNet's 27 LayerNorms at 512x512, timed in place: 0.85-0.88x mlx's time).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
