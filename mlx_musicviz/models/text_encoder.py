@@ -11,8 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .activations import attention, gelu
-from .layers import LayerNorm
 from .configs import CLIPTextConfig
+from .layers import LayerNorm
 
 
 def quick_gelu(x: mx.array) -> mx.array:
