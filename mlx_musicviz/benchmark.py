@@ -196,6 +196,20 @@ def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0
     return times
 
 
+def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult) -> dict:
+    """A side's timing fields from its rounds' seconds (each call on `batch` images): seconds per
+    image (medians), frames per second, UNet and VAE GFLOP/s, the UNet's share of the matmul
+    peak, and the rounds themselves (`rounds_s`, for reading the spread)."""
+    seconds = {c: float(np.median(rounds[c])) for c in COMPONENTS}
+    fields = {f"{c}_s": seconds[c] / batch for c in COMPONENTS}
+    fields.update({"fps": batch / seconds["frame"],
+                   "unet_gflops": result.flops["unet"] * batch / seconds["unet"] / 1e9,
+                   "vae_gflops": result.flops["vae"] * batch / seconds["vae"] / 1e9})
+    fields["unet_peak_fraction"] = fields["unet_gflops"] / result.matmul_gflops
+    fields["rounds_s"] = rounds
+    return fields
+
+
 def _paired_ratio(mine: list, theirs: list) -> float:
     """Median over rounds of this round's time over the other side's time in the same round."""
     return float(np.median([a / b for a, b in zip(mine, theirs)]))
@@ -272,13 +286,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         times = interleaved_times(sides, config.runs)
 
         for level, row in rows.items():
-            seconds = {c: float(np.median(times[level][c])) for c in COMPONENTS}
-            row.update({f"{c}_s": seconds[c] / batch for c in COMPONENTS})
-            row.update({"fps": batch / seconds["frame"],
-                        "unet_gflops": result.flops["unet"] * batch / seconds["unet"] / 1e9,
-                        "vae_gflops": result.flops["vae"] * batch / seconds["vae"] / 1e9})
-            row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
-            row["rounds_s"] = times[level]  # seconds of each round's call (all `batch` images), for reading the spread
+            row.update(_timing_fields(times[level], batch, result))
             if "float32" in outputs:
                 (ref_noise, ref_image), (noise, image) = outputs["float32"], outputs[level]
                 row["unet_rel_l2"] = float(np.linalg.norm(noise - ref_noise) / np.linalg.norm(ref_noise))
@@ -293,11 +301,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
         if reference is not None:
             theirs = times["pytorch-float32"]
-            row = {"level": "pytorch-float32", "batch": batch, **{f"{c}_s": float(np.median(theirs[c])) / batch for c in COMPONENTS}}
-            row["fps"] = 1.0 / row["frame_s"]
-            row["unet_gflops"] = result.flops["unet"] / row["unet_s"] / 1e9
-            row["unet_peak_fraction"] = row["unet_gflops"] / result.matmul_gflops
-            row["rounds_s"] = theirs
+            row = {"level": "pytorch-float32", "batch": batch, **_timing_fields(theirs, batch, result)}
             if "float32" in times:
                 row["mlx_over_pytorch"] = {c: _paired_ratio(times["float32"][c], theirs[c]) for c in COMPONENTS}
             result.reference.append(row)
