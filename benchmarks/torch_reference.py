@@ -68,6 +68,17 @@ class TorchReference:
         self._child.stdin.flush()
         return self._reply()["seconds"]
 
+    def time_layer(self, spec: dict, burst: int = 1) -> float:
+        """Seconds of one call of a layer shape on random inputs: `spec` as `layer_shapes` gives it
+        (kind "conv" or "linear", input shape (NHWC for convolutions), weight shape (O, kh, kw, C) or
+        (O, K), stride, padding, bias), run as torch runs it in diffusers (convolutions NCHW); one
+        untimed call, then the median of `burst` calls."""
+        keys = ("kind", "input", "weight", "stride", "padding", "bias")
+        request = {"layer": {k: spec[k] for k in keys if k in spec}, "burst": burst}
+        self._child.stdin.write(json.dumps(request) + "\n")
+        self._child.stdin.flush()
+        return self._reply()["seconds"]
+
     def _reply(self) -> dict:
         from mlx_musicviz.errors import MusicvizError
 
@@ -117,6 +128,21 @@ def _mapped_blas() -> list[str]:
     except OSError:
         return []
     return sorted(paths)
+
+
+def _layer_call(spec: dict, torch):
+    """A function that runs one layer of `spec`'s shape (see TorchReference.time_layer) on random inputs."""
+    import torch.nn.functional as F
+
+    o = spec["weight"][0]
+    bias = torch.randn(o) * 0.05 if spec["bias"] else None
+    if spec["kind"] == "conv":
+        n, h, w, c = spec["input"]
+        _, kh, kw, _ = spec["weight"]
+        x, weight = torch.randn(n, c, h, w), torch.randn(o, c, kh, kw) * 0.05
+        return partial(F.conv2d, x, weight, bias, tuple(spec["stride"]), tuple(spec["padding"]))
+    x, weight = torch.randn(*spec["input"]), torch.randn(*spec["weight"]) * 0.05
+    return partial(F.linear, x, weight, bias)
 
 
 def _child(job_path: Path) -> None:
@@ -170,10 +196,16 @@ def _child(job_path: Path) -> None:
         info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
                 "mlx_imported": "mlx.core" in sys.modules}
         replies.write(json.dumps({"matmul_gflops": matmul, "info": info}) + "\n")
+        layers = {}  # a layer request's JSON -> its call on inputs made once
         for line in sys.stdin:  # one request a line, until the parent closes stdin
             request = json.loads(line)
-            args = batch_inputs(request["batch"])
-            seconds = timing.call_seconds(partial(calls[request["component"]], *args))
+            if "layer" in request:
+                key = json.dumps(request["layer"], sort_keys=True)
+                if key not in layers:
+                    layers[key] = _layer_call(request["layer"], torch)
+                seconds = timing.median_time(layers[key], request.get("burst", 1))
+            else:
+                seconds = timing.call_seconds(partial(calls[request["component"]], *batch_inputs(request["batch"])))
             replies.write(json.dumps({"seconds": seconds}) + "\n")
 
 

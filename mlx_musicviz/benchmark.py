@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from .timing import call_seconds, median_time
 
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
 COMPONENTS = ("text_encoder", "unet", "vae", "frame")
+LAYER_BURST = 3  # timed calls back to back in one turn of `time_layers`
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PROMPT = "a lighthouse on a cliff in a storm, oil painting"
 
@@ -46,6 +48,7 @@ class BenchConfig:
     runs: int = 3
     render_seconds: float = 10.0
     audio: str | None = None  # default: the bundled trumpet clip
+    layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
 
     def check(self) -> None:
         """Raise MusicvizError for a level or batch size the runner cannot time."""
@@ -67,6 +70,7 @@ class BenchResult:
     reference: list = field(default_factory=list)  # PyTorch rows (float32)
     reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
     render: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)  # one per batch x component x distinct layer shape (`time_layers`)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=float)
@@ -82,16 +86,24 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), runs: int = 5) -> f
     return best
 
 
-def count_flops(fn) -> float:
-    """FLOPs of one call of `fn`: 2 x multiply-adds of every convolution, linear layer and attention
-    product it runs (elementwise work is not counted)."""
+# (class, kind) of the layers the benchmark counts and times; kinds: "conv", "linear", "attention"
+# (a UNet/VAE attention: the products of its attention core) and "clip_attention" (the text encoder's).
+def _watched_classes():
     from .models import layers, quantized, text_encoder
 
-    total = [0.0]
-    originals = {}
-    depth = {}  # per kind: a subclass calling its parent's __call__ is counted once
+    return ((nn.Conv2d, "conv"), (layers.Conv2d, "conv"), (quantized.QuantizedConv2d, "conv"), (nn.Linear, "linear"),
+            (quantized.QuantizedLinear, "linear"), (layers.Attention, "attention"),
+            (text_encoder.CLIPAttention, "clip_attention"))
 
-    def patch(cls, count, kind):
+
+@contextmanager
+def watching_layers(on_call):
+    """Within the block, every top-level call of a convolution, linear layer or attention module is
+    reported as `on_call(kind, module, args, out)` (a subclass calling its parent's `__call__`, as
+    layers.Conv2d may, is reported once). The classes are restored on exit."""
+    originals, depth = {}, {}
+
+    def patch(cls, kind):
         originals[cls] = cls.__dict__["__call__"]
         depth.setdefault(kind, 0)
 
@@ -102,40 +114,79 @@ def count_flops(fn) -> float:
             finally:
                 depth[kind] -= 1
             if depth[kind] == 0:
-                total[0] += count(self, args, out)
+                on_call(kind, self, args, out)
             return out
 
         cls.__call__ = call
 
-    def conv(self, args, out):
-        w = self.kernel_shape if hasattr(self, "kernel_shape") else self.weight.shape
-        return 2.0 * out.size * w[1] * w[2] * w[3]
-
-    def linear(self, args, out):
-        return 2.0 * out.size * args[0].shape[-1]
-
-    def attention(self, args, out):
-        x = args[0]
-        context = args[1] if len(args) > 1 and args[1] is not None else x
-        return 4.0 * x.shape[0] * x.shape[1] * context.shape[1] * out.shape[-1]
-
-    def clip_attention(self, args, out):
-        x = args[0]
-        return 4.0 * x.shape[0] * x.shape[1] * x.shape[1] * x.shape[2]
-
-    patch(nn.Conv2d, conv, "conv")
-    patch(layers.Conv2d, conv, "conv")
-    patch(quantized.QuantizedConv2d, conv, "conv")
-    patch(nn.Linear, linear, "linear")
-    patch(quantized.QuantizedLinear, linear, "linear")
-    patch(layers.Attention, attention, "attention")
-    patch(text_encoder.CLIPAttention, clip_attention, "attention")
+    for cls, kind in _watched_classes():
+        patch(cls, kind)
     try:
-        fn()
+        yield
     finally:
         for cls, original in originals.items():
             cls.__call__ = original
+
+
+def _conv_kernel(module) -> tuple:
+    """(O, kh, kw, C) of a float or quantized convolution."""
+    return tuple(module.kernel_shape if hasattr(module, "kernel_shape") else module.weight.shape)
+
+
+def layer_flops(kind: str, module, args, out) -> float:
+    """FLOPs of one call: 2 x its multiply-adds (for attention, those of q k^T and of weights @ v)."""
+    if kind == "conv":
+        _, kh, kw, c = _conv_kernel(module)
+        return 2.0 * out.size * kh * kw * c
+    if kind == "linear":
+        return 2.0 * out.size * args[0].shape[-1]
+    x = args[0]
+    if kind == "clip_attention":
+        return 4.0 * x.shape[0] * x.shape[1] * x.shape[1] * x.shape[2]
+    context = args[1] if len(args) > 1 and args[1] is not None else x
+    return 4.0 * x.shape[0] * x.shape[1] * context.shape[1] * out.shape[-1]
+
+
+def count_flops(fn) -> float:
+    """FLOPs of one call of `fn`: 2 x multiply-adds of every convolution, linear layer and attention
+    product it runs (elementwise work is not counted)."""
+    total = [0.0]
+
+    def add(kind, module, args, out):
+        total[0] += layer_flops(kind, module, args, out)
+
+    with watching_layers(add):
+        fn()
     return total[0]
+
+
+def layer_shapes(fn) -> list[dict]:
+    """The distinct convolution and linear-layer calls of one call of `fn`, in order of first call.
+
+    Each: kind ("conv" or "linear"), input shape (convolutions NHWC), weight shape (convolutions
+    (O, kh, kw, C), linear layers (O, K)), stride and padding (convolutions), bias, how many
+    calls had that shape, FLOPs per call, and `module`, one of the modules that made those calls.
+    """
+    shapes = {}
+
+    def record(kind, module, args, out):
+        if kind not in ("conv", "linear"):
+            return
+        x = tuple(args[0].shape)
+        if kind == "conv":
+            spec = {"kind": kind, "input": x, "weight": _conv_kernel(module), "stride": tuple(module.stride),
+                    "padding": tuple(module.padding)}
+        else:
+            spec = {"kind": kind, "input": x, "weight": (out.shape[-1], x[-1])}
+        spec["bias"] = "bias" in module
+        key = json.dumps(spec)
+        if key not in shapes:
+            shapes[key] = {**spec, "calls": 0, "flops": layer_flops(kind, module, args, out), "module": module}
+        shapes[key]["calls"] += 1
+
+    with watching_layers(record):
+        fn()
+    return list(shapes.values())
 
 
 def machine_info() -> dict:
@@ -208,6 +259,78 @@ def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult) -> 
     fields["unet_peak_fraction"] = fields["unet_gflops"] / result.matmul_gflops
     fields["rounds_s"] = rounds
     return fields
+
+
+def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None) -> list[dict]:
+    """Every distinct convolution and linear-layer shape of one UNet call and one VAE decode of
+    `pipe` on `latents`, timed alone: the module itself on a random input of its shape, and the
+    same shape in PyTorch (`reference.time_layer`), taking turns (`interleaved_times`).
+
+    A turn is one untimed call and the median of `LAYER_BURST` calls back to back, as the layers
+    run inside the model: a single call after the other side's turn would pay for waking its BLAS
+    threads and for cold caches (timed that way on the 2-core VM, PyTorch's layers summed to more
+    than its whole UNet).
+
+    Rows: `layer_shapes`' fields (the module left out) plus component, batch, `runs` rounds'
+    seconds a call on each side (`rounds_s`), the medians (`mlx_s`, `pytorch_s`), GFLOP/s and the
+    median of the rounds' ratios MLX / PyTorch. Calls x median, summed over a component, is the
+    time its convolutions and linear layers take; the component's own time less that sum is its
+    other work (attention cores, norms, activations, copies).
+    """
+    noise = pipe.unet(latents, None, embeddings, temb=pipe._temb)
+    mx.eval(noise)
+    shapes = {"unet": layer_shapes(lambda: mx.eval(pipe.unet(latents, None, embeddings, temb=pipe._temb))),
+              "vae": layer_shapes(lambda: mx.eval(pipe.vae.decode(noise)))}
+    rows, sides = {}, {"float32": {}, "pytorch-float32": {}}
+    for component, specs in shapes.items():
+        for i, spec in enumerate(specs):
+            name = f"{component}/{i}"
+            module = spec.pop("module")
+            x = mx.random.normal(spec["input"], key=mx.random.key(i))
+            mx.eval(x)
+            sides["float32"][name] = partial(median_time, lambda module=module, x=x: mx.eval(module(x)), LAYER_BURST)
+            if reference is not None:
+                sides["pytorch-float32"][name] = partial(reference.time_layer, spec, LAYER_BURST)
+            rows[name] = {"component": component, "batch": latents.shape[0], **spec}
+    if reference is None:
+        sides.pop("pytorch-float32")
+    times = interleaved_times(sides, runs)
+    for name, row in rows.items():
+        row["rounds_s"] = {side: times[side][name] for side in sides}
+        for side, key in (("float32", "mlx"), ("pytorch-float32", "pytorch")):
+            if side in sides:
+                row[f"{key}_s"] = float(np.median(times[side][name]))
+                row[f"{key}_gflops"] = row["flops"] / row[f"{key}_s"] / 1e9
+        if reference is not None:
+            row["mlx_over_pytorch"] = _paired_ratio(times["float32"][name], times["pytorch-float32"][name])
+    return list(rows.values())
+
+
+def layer_totals(layers: list[dict]) -> list[dict]:
+    """`time_layers` rows summed per batch, component and kind: calls, FLOPs and seconds a component
+    call (calls x median) on each side."""
+    totals = {}
+    for r in layers:
+        total = totals.setdefault((r["batch"], r["component"], r["kind"]),
+                                  {"batch": r["batch"], "component": r["component"], "kind": r["kind"], "calls": 0,
+                                   "flops": 0.0})
+        total["calls"] += r["calls"]
+        total["flops"] += r["calls"] * r["flops"]
+        for key in ("mlx_s", "pytorch_s"):
+            if key in r:
+                total[key] = total.get(key, 0.0) + r["calls"] * r[key]
+    return list(totals.values())
+
+
+def _layer_summary(layers: list[dict]) -> list[str]:
+    lines = []
+    for t in layer_totals(layers):
+        line = f"{t['component']} {t['kind']} x{t['calls']}: MLX {t['mlx_s']:.3f} s ({t['flops'] / t['mlx_s'] / 1e9:.0f} GFLOP/s)"
+        if "pytorch_s" in t:
+            line += (f", PyTorch {t['pytorch_s']:.3f} s ({t['flops'] / t['pytorch_s'] / 1e9:.0f} GFLOP/s), "
+                     f"{t['mlx_s'] / t['pytorch_s']:.2f}x")
+        lines.append(line)
+    return lines
 
 
 def _paired_ratio(mine: list, theirs: list) -> float:
@@ -308,6 +431,15 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             log(f" pytorch b{batch}: frame {row['frame_s']:.3f} s, UNet {row['unet_s']:.3f} s "
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s"
                 + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if "mlx_over_pytorch" in row else ""))
+
+        if config.layers and "float32" in pipes:
+            pipe = pipes["float32"]
+            latents = mx.random.normal((batch, *pipe.latent_shape(config.size, config.size)[1:]), key=mx.random.key(1))
+            embs = mx.broadcast_to(embeddings["float32"], (batch, *embeddings["float32"].shape[1:]))
+            layers = time_layers(pipe, latents, embs, config.runs, reference)
+            result.layers += layers
+            for line in _layer_summary(layers):
+                log(f" layers b{batch}: " + line)
     pipes = embeddings = sides = pipe = None  # free the levels' weights before the render loads its own
 
     if config.render_seconds > 0:
@@ -384,12 +516,57 @@ def markdown(result: BenchResult) -> str:
         info = result.reference_info
         lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads) ran in a process of its own, without "
                   "mlx-musicviz's BLAS; BLAS libraries mapped there: " + (", ".join(info["blas_libraries"]) or "none") + "."]
+    if result.layers:
+        lines += ["", *_layers_markdown(result)]
     if result.render:
         r = result.render
         lines += ["", f"End-to-end render of {r['seconds']:.1f} s of audio ({r['frames']} frames): {r['total_s']:.1f} s; "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items())
                   + f"; outside the model {r['overhead_fraction']:.1%}."]
     return "\n".join(lines) + "\n"
+
+
+def _layers_markdown(result: BenchResult, largest: int = 8) -> list[str]:
+    """The layer tables: per component and kind, and the shapes with the largest gaps to PyTorch."""
+    with_reference = any("pytorch_s" in r for r in result.layers)
+    lines = [("Convolutions and linear layers alone (float32; every distinct shape timed on its own"
+              + (", in turns with PyTorch" if with_reference else "") + "; seconds a component call: calls x median "
+              "of the shape's calls). \"other\" is the component's time in the table above less these: attention "
+              "cores, norms, activations and copies; approximate, as a layer alone may run faster or slower than "
+              "inside the model (negative: the layers alone took longer than the whole component)."), "",
+             "| batch | component | kind | calls | MLX s | PyTorch s | MLX / PyTorch | MLX GFLOP/s | PyTorch GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def cells(mlx_s, pytorch_s, flops):
+        if pytorch_s is None:
+            return f"{mlx_s:.3f} | - | - | {flops / mlx_s / 1e9:.0f} | -" if flops else f"{mlx_s:.3f} | - | - | - | -"
+        rates = f"{flops / mlx_s / 1e9:.0f} | {flops / pytorch_s / 1e9:.0f}" if flops else "- | -"
+        return f"{mlx_s:.3f} | {pytorch_s:.3f} | {mlx_s / pytorch_s:.2f}x | {rates}"
+
+    totals = layer_totals(result.layers)
+    for t in totals:
+        lines.append(f"| {t['batch']} | {t['component']} | {t['kind']} | {t['calls']} | "
+                     f"{cells(t['mlx_s'], t.get('pytorch_s'), t['flops'])} |")
+    for batch in dict.fromkeys(t["batch"] for t in totals):
+        row = next((r for r in result.rows if r["level"] == "float32" and r["batch"] == batch), None)
+        ref = next((r for r in result.reference if r["batch"] == batch), None)
+        for component in ("unet", "vae"):
+            layers = [t for t in totals if t["batch"] == batch and t["component"] == component]
+            if row is None or not layers:
+                continue
+            mlx_other = row[f"{component}_s"] * batch - sum(t["mlx_s"] for t in layers)
+            torch_other = ref[f"{component}_s"] * batch - sum(t["pytorch_s"] for t in layers) if ref and with_reference else None
+            lines.append(f"| {batch} | {component} | other | | {cells(mlx_other, torch_other, 0)} |")
+    if with_reference:
+        gaps = sorted(result.layers, key=lambda r: -r["calls"] * (r["mlx_s"] - r["pytorch_s"]))[:largest]
+        lines += ["", f"Shapes with the largest gaps (calls x (MLX - PyTorch)), the first {len(gaps)}:", "",
+                  "| batch | component | kind | input | weight | calls | MLX ms | PyTorch ms | MLX GFLOP/s | PyTorch GFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in gaps:
+            lines.append(f"| {r['batch']} | {r['component']} | {r['kind']} | {'x'.join(map(str, r['input']))} | "
+                         f"{'x'.join(map(str, r['weight']))} | {r['calls']} | {r['mlx_s'] * 1e3:.1f} | "
+                         f"{r['pytorch_s'] * 1e3:.1f} | {r['mlx_gflops']:.0f} | {r['pytorch_gflops']:.0f} |")
+    return lines
 
 
 def chart(result: BenchResult, path: Path) -> None:

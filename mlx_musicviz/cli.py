@@ -307,11 +307,13 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
               help="Audio for the end-to-end render (default: the bundled 5 s trumpet clip, so a render covers at most 5 s).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time PyTorch on the same weights (needs the dev extra and a checkout).")
-@click.option("--quick", is_flag=True, help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run.")
+@click.option("--layers", is_flag=True,
+              help="Also time every convolution and linear-layer shape of the float32 UNet and VAE alone (beside PyTorch).")
+@click.option("--quick", is_flag=True, help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for results.json, results.md and fps.png.")
 @friendly_errors
-def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, quick, out_dir):
+def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, quick, out_dir):
     """Frames per second by precision level and batch size, beside PyTorch and the matmul peak.
 
     \b
@@ -324,12 +326,13 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
     try:
         config = BenchConfig(model=model, size=size, levels=tuple(v.strip() for v in levels.split(",") if v.strip()),
                              batches=tuple(int(b) for b in batches.split(",") if b.strip()),
-                             group_size=int(group_size), runs=runs, render_seconds=render_seconds, audio=audio)
+                             group_size=int(group_size), runs=runs, render_seconds=render_seconds, audio=audio,
+                             layers=layers)
     except ValueError:
         raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
     if quick:
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
-                             render_seconds=2.0, audio=audio)
+                             render_seconds=2.0, audio=audio, layers=True)
     config.check()
     ref = _torch_reference(config) if reference else None
     if reference and ref is None:

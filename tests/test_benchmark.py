@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mlx_musicviz.benchmark import count_flops, interleaved_times
+from mlx_musicviz.benchmark import (
+    count_flops,
+    interleaved_times,
+    layer_flops,
+    layer_shapes,
+    watching_layers,
+)
 from mlx_musicviz.pipeline import Pipeline
 
 
@@ -25,6 +31,42 @@ def test_flop_count_of_the_full_size_unet_matches_the_architecture():
     vae = count_flops(lambda: mx.eval(pipe.vae.decode(latents)))
     assert 412e9 < flops < 424e9, flops
     assert 135e9 < vae < 145e9, vae
+
+
+def test_layer_shapes_list_every_convolution_and_linear_call_once_per_shape():
+    """The shapes `--layers` times: together they are every convolution and linear-layer call of
+    the UNet (and nothing else), each distinct shape once with its count; a listed module called
+    on an input of the listed shape does the listed FLOPs."""
+    import mlx.core as mx
+
+    pipe = Pipeline.random("tiny")
+    latents = mx.zeros((2, 16, 16, 4))
+    emb = mx.zeros((2, 77, pipe.text_encoder.hidden_size))
+
+    def unet():
+        mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb))
+
+    shapes = layer_shapes(unet)
+    seen = []
+    with watching_layers(lambda kind, module, args, out: seen.append((kind, layer_flops(kind, module, args, out)))):
+        unet()
+    calls = [flops for kind, flops in seen if kind in ("conv", "linear")]
+    assert sum(s["calls"] for s in shapes) == len(calls) > len(shapes) > 5
+    assert sum(s["calls"] * s["flops"] for s in shapes) == pytest.approx(sum(calls))
+    assert sum(flops for _, flops in seen) == pytest.approx(count_flops(unet))  # the attention products are the rest
+    keys = [tuple((k, str(v)) for k, v in s.items() if k not in ("calls", "flops", "module")) for s in shapes]
+    assert len(set(keys)) == len(keys)
+    first = shapes[0]  # conv_in, on the latents
+    assert first["kind"] == "conv" and first["input"] == (2, 16, 16, 4) and first["weight"][3] == 4
+    assert first["stride"] == (1, 1) and first["bias"] is True
+    for s in shapes:
+        out = s["module"](mx.random.normal(s["input"]))
+        if s["kind"] == "conv":
+            assert s["weight"] == tuple(s["module"].weight.shape)
+            assert s["flops"] == 2.0 * out.size * s["weight"][1] * s["weight"][2] * s["weight"][3]
+        else:
+            assert s["weight"] == (out.shape[-1], s["input"][-1]) == tuple(s["module"].weight.shape)
+            assert s["flops"] == 2.0 * out.size * s["input"][-1]
 
 
 def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
@@ -92,5 +134,20 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert {"analysis", "prompts", "walks", "model", "encode"} <= set(times) and times["walks"] > 0 < times["model"]
     assert all(r["text_encoder_s"] > 0 for r in data["rows"] + data["reference"])
     assert all(r["mlx_over_pytorch"]["text_encoder"] > 0 for r in data["reference"])
-    assert "| float32 | 1 |" in (out / "results.md").read_text()
+    # --quick includes --layers: every convolution and linear shape of the float32 UNet and VAE, both sides
+    layers = data["layers"]
+    assert {(r["batch"], r["component"], r["kind"]) for r in layers} == {
+        (b, c, k) for b in (1, 2) for c, k in (("unet", "conv"), ("unet", "linear"), ("vae", "conv"))}
+    for r in layers:
+        assert r["calls"] >= 1 and r["flops"] > 0 and r["mlx_s"] > 0 and r["pytorch_s"] > 0 and r["mlx_over_pytorch"] > 0
+        assert {k: len(v) for k, v in r["rounds_s"].items()} == {"float32": 1, "pytorch-float32": 1}
+        # the batch's images, or the one time embedding they share (the resnets' time_emb_proj)
+        assert r["input"][0] == r["batch"] or (r["kind"], r["input"][0]) == ("linear", 1)
+    unet_flops = sum(r["calls"] * r["flops"] for r in layers if r["component"] == "unet" and r["batch"] == 1)
+    assert 0.5 * data["flops"]["unet"] < unet_flops < data["flops"]["unet"]  # the rest: attention products
+    vae_flops = sum(r["calls"] * r["flops"] for r in layers if r["component"] == "vae" and r["batch"] == 1)
+    assert vae_flops == pytest.approx(data["flops"]["vae"])  # the tiny VAE is all convolutions
+    md = (out / "results.md").read_text()
+    assert "| float32 | 1 |" in md
+    assert "| 1 | vae | conv |" in md and "| 2 | unet | other |" in md and "largest gaps" in md
     assert Image.open(out / "fps.png").size[0] > 100
