@@ -86,9 +86,10 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), runs: int = 5) -> f
     return best
 
 
-# (class, kind) of the layers the benchmark counts and times; kinds: "conv", "linear", "attention"
-# (a UNet/VAE attention: the products of its attention core) and "clip_attention" (the text encoder's).
 def _watched_classes():
+    """(class, kind) of the layers the benchmark counts and times. Kinds: "conv", "linear",
+    "attention" (a UNet or VAE attention: the products of its core) and "clip_attention" (the
+    text encoder's)."""
     from .models import layers, quantized, text_encoder
 
     return ((nn.Conv2d, "conv"), (layers.Conv2d, "conv"), (quantized.QuantizedConv2d, "conv"), (nn.Linear, "linear"),
