@@ -278,10 +278,14 @@ def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, refere
     time its convolutions and linear layers take; the component's own time less that sum is its
     other work (attention cores, norms, activations, copies).
     """
-    noise = pipe.unet(latents, None, embeddings, temb=pipe._temb)
-    mx.eval(noise)
-    shapes = {"unet": layer_shapes(lambda: mx.eval(pipe.unet(latents, None, embeddings, temb=pipe._temb))),
-              "vae": layer_shapes(lambda: mx.eval(pipe.vae.decode(noise)))}
+    noise = []  # the UNet call that lists its shapes gives the VAE its input
+
+    def unet():
+        noise.append(pipe.unet(latents, None, embeddings, temb=pipe._temb))
+        mx.eval(noise[0])
+
+    shapes = {"unet": layer_shapes(unet)}
+    shapes["vae"] = layer_shapes(lambda: mx.eval(pipe.vae.decode(noise[0])))
     rows, sides = {}, {"float32": {}, "pytorch-float32": {}}
     for component, specs in shapes.items():
         for i, spec in enumerate(specs):
