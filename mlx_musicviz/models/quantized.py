@@ -9,7 +9,7 @@ How a quantized layer computes (`compute`):
 - "dequantize": unpack the weight into a float kernel at call time, then use the float matmul or
   convolution. On the CPU backend this is the fast path: mlx's CPU quantized matmul runs at about
   1.4 GFLOP/s single-threaded, against 100-200 GFLOP/s for float32 through BLAS, and unpacking
-  costs ~3 ns per weight, paid once per call whatever the batch size.
+  costs ~1.5-2 ns per weight, paid once per call whatever the batch size.
 - "matmul": `mx.quantized_matmul` for linear layers (the fast path on GPUs); convolutions still
   unpack their kernel.
 - "auto" (default): "matmul" on a GPU, "dequantize" on the CPU.
@@ -45,17 +45,28 @@ MIXED_PRESET = {"conv_in": 8, "conv_out": 8, "time_embedding.*": 8, "*time_emb_p
                 "*proj_out": 8, "*conv_shortcut": 8, "*samplers.*": 8}
 
 
+@mx.compile
+def _nibbles(octets: mx.array) -> mx.array:
+    """uint8 levels, two per input byte, low nibble first: each byte widened to 16 bits with its high
+    nibble moved to the upper byte, read back as bytes (little-endian, as mlx's packing assumes).
+    One vectorized kernel, ~10x faster than stacking `octets & 15` and `octets >> 4`."""
+    wide = octets.astype(mx.uint16)
+    return ((wide & 0x0F) | ((wide & 0xF0) << 4)).view(mx.uint8)
+
+
 def unpack(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int, dtype) -> mx.array:
     """The float (rows, row_length) matrix of a packed affine-quantized weight."""
     if mx.default_device() != mx.cpu:
         return mx.dequantize(weight, scales, biases, group_size, bits, dtype=dtype)
-    # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 250-340.
+    # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 450-700 (4 bits)
+    # and 500-800 (8 bits), single-threaded. The float passes after the levels are most of it; fusing
+    # them with mx.compile is slower (a kernel with broadcast scales is not vectorized).
     rows = weight.shape[0]
     octets = weight.view(mx.uint8)
     if bits == 8:
         values = octets
     elif bits == 4:
-        values = mx.stack([octets & 15, octets >> 4], axis=-1)
+        values = _nibbles(octets)
     else:
         shifts = mx.arange(32 // bits, dtype=mx.uint32) * bits
         values = (weight[..., None] >> shifts) & ((1 << bits) - 1)
