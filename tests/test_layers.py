@@ -1,5 +1,6 @@
 """The CPU paths of layers.conv2d (rows of taps, few outputs; float and quantized layers; against
-mlx's own convolution) and layers.GroupNorm (against float64 and PyTorch)."""
+mlx's own convolution), layers.upsample_conv (sub-pixel phases, against the upsampled convolution) and
+layers.GroupNorm (against float64 and PyTorch)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -73,6 +74,30 @@ def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, pat
     kernel = q.dequantized(mx.float32).reshape(q.kernel_shape)
     want = np.array(mx.conv2d(x, kernel, padding=1) + q.bias)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+
+
+@pytest.mark.parametrize("kind,batch,h,w,c,o,bias", [
+    ("mlx", 1, 13, 17, 64, 64, True), ("ours", 2, 9, 6, 16, 24, False), ("mlx", 1, 8, 8, 64, 48, True),
+    ("quantized", 2, 7, 11, 64, 32, True), ("mlx", 1, 4, 4, 32, 8, True)])
+def test_upsample_conv_matches_the_upsampled_convolution(monkeypatch, kind, batch, h, w, c, o, bias):
+    from mlx_musicviz.models.quantized import QuantizedConv2d
+
+    upsampled = []
+    original = layers.upsample_nearest
+    monkeypatch.setattr(layers, "upsample_nearest", lambda *args: upsampled.append(1) or original(*args))
+    mx.random.seed(3)
+    conv = (Conv2d if kind == "ours" else nn.Conv2d)(c, o, 3, padding=1, bias=bias)
+    if kind == "quantized":
+        conv = QuantizedConv2d.from_float(conv, group_size=64, bits=8)
+    x = mx.random.normal((batch, h, w, c))
+    got = np.array(layers.upsample_conv(x, conv))
+    kernel = conv.kernel(mx.float32) if kind == "quantized" else conv.weight
+    want = mx.conv2d(original(x, 2), kernel, padding=1)
+    want = np.array(want + conv.bias if bias else want)
+    assert got.shape == want.shape == (batch, 2 * h, 2 * w, o)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    # sub-pixel phases where the small map has at least as many pixels as channels
+    assert upsampled == ([] if batch * h * w >= c else [1])
 
 
 def _group_norm_float64(x: np.ndarray, groups: int, eps: float, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .configs import TinyVAEConfig
-from .layers import Conv2d, group_norm, upsample_nearest
+from .layers import Conv2d, group_norm, upsample_conv, upsample_nearest
 
 
 class TinyBlock(nn.Module):
@@ -104,7 +104,13 @@ class DecoderTiny(nn.Module):
     def __call__(self, latents):
         """Raw latents (N, h, w, C) -> images in [-1, 1] (unclamped) (N, 8h, 8w, 3)."""
         x = mx.tanh(latents / 3) * 3
-        return _run(self.layers, x) * 2 - 1
+        layers = iter(self.layers)
+        for layer in layers:
+            if isinstance(layer, Upsample) and layer.factor == 2:
+                x = upsample_conv(x, next(layers))  # every upsampling is followed by its 3x3 convolution
+            else:
+                x = layer(x)
+        return x * 2 - 1
 
 
 class AutoencoderTiny(nn.Module):

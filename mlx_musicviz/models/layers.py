@@ -307,6 +307,54 @@ class ResnetBlock2D(nn.Module):
         return out
 
 
+# Each output pixel (2i + a, 2j + b) of nearest x2 upsampling then a 3x3 convolution (padding 1) sees
+# small-map rows i - 1 + a .. i + a, through the 3x3 kernel's rows summed onto them: phase a = 0 takes
+# [row 0, row 1 + row 2], phase a = 1 [row 0 + row 1, row 2]; columns alike. Rows of this (16, 9) matrix:
+# (a, b, ry, rx), the 2x2 kernel tap (ry, rx) of phase (a, b); columns: the 3x3 taps (ky, kx).
+_PHASES_1D = mx.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], dtype=mx.float32)  # (phase, r, k)
+_SUBPIXEL_FOLD = (_PHASES_1D[:, None, :, None, :, None] * _PHASES_1D[None, :, None, :, None, :]).reshape(16, 9)
+
+
+def upsample_conv(x: mx.array, conv: nn.Module) -> mx.array:
+    """`conv(upsample_nearest(x, 2))`, for a 3x3, stride-1, padding-1 convolution `conv`.
+
+    On the CPU, where the small map has at least as many pixels as channels, it is computed as four
+    2x2 convolutions on the small map, one per output phase (sub-pixel), interleaved: 16 taps per
+    small-map pixel instead of 36, and no upsampled map. Each phase is 4 accumulating matmuls over
+    views of the padded map's row layout (`_row_layout`). Measured on a 2-core x86-64 against the
+    upsampled convolution: 64 channels 64->128 24 -> 13 ms, 128->256 89 -> 44, 256->512 370 -> 213
+    (the tiny VAE's); 640 channels 32->64 248 -> 188 ms at batch 1, 515 -> 353 at batch 2 (the UNet's
+    last upsampler). With fewer pixels than channels (the UNet's 1280 channels at 16x16) the 16
+    weight matrices cost more than the taps save (226 -> 367 ms), so the upsampled map is used.
+    `conv` is an nn.Conv2d or a quantized one (its kernel is unpacked first).
+    """
+    kernel = conv.kernel(x.dtype) if hasattr(conv, "kernel") else conv.weight
+    b, h, w, c = x.shape
+    if not (on_cpu(x) and kernel.shape[1:3] == (3, 3) and _pair(conv.stride) == (1, 1)
+            and _pair(conv.padding) == (1, 1) and _pair(getattr(conv, "dilation", 1)) == (1, 1)
+            and getattr(conv, "groups", 1) == 1 and b * h * w >= c):
+        return conv(upsample_nearest(x, 2))
+    o = kernel.shape[0]
+    bias = conv.get("bias")
+    folded = _SUBPIXEL_FOLD.astype(kernel.dtype) @ kernel.reshape(o, 9, c)  # (O, 16, C)
+    taps = folded.transpose(1, 2, 0).reshape(2, 2, 2, 2, c, o)  # [a, b, ry, rx] -> (C, O)
+    flat, wp = _row_layout(x)
+    rows = []
+    for a in range(2):
+        phases = []
+        for col in range(2):
+            y = None if bias is None else mx.broadcast_to(bias.astype(x.dtype), (b, h * wp, o))
+            for ry in range(2):
+                for rx in range(2):
+                    start = (a + ry) * wp + col + rx  # small-map row i - 1 + a + ry is padded row i + a + ry
+                    view = flat[:, start:start + h * wp]
+                    tap = taps[a, col, ry, rx]
+                    y = view @ tap if y is None else mx.addmm(y, view, tap)
+            phases.append(y.reshape(b, h, wp, o)[:, :, :w])
+        rows.append(mx.stack(phases, axis=3))  # (b, h, w, 2, o): output columns 2j, 2j + 1
+    return mx.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (b, h, 2, w, 2, o): rows 2i, 2i + 1
+
+
 class Downsample2D(nn.Module):
     def __init__(self, channels: int, padding: int = 1):
         super().__init__()
@@ -325,4 +373,4 @@ class Upsample2D(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.conv(upsample_nearest(x, 2))
+        return upsample_conv(x, self.conv)

@@ -218,10 +218,13 @@ class QuantizedConv2d(_Quantized):
         q._store(layer.weight.reshape(out_c, -1), layer.get("bias"))
         return q
 
+    def kernel(self, dtype) -> mx.array:
+        """The float (O, kh, kw, I) kernel."""
+        return self.dequantized(dtype).reshape(self.kernel_shape)
+
     def __call__(self, x: mx.array) -> mx.array:
-        kernel = self.dequantized(x.dtype).reshape(self.kernel_shape)
         bias = self.bias.astype(x.dtype) if "bias" in self else None
-        return conv2d(x, kernel, bias, self.stride, self.padding, self.dilation)
+        return conv2d(x, self.kernel(x.dtype), bias, self.stride, self.padding, self.dilation)
 
 
 # -- plans --------------------------------------------------------------------------------------
