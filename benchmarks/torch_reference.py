@@ -140,7 +140,10 @@ def _layer_call(spec: dict, torch):
         n, h, w, c = spec["input"]
         _, kh, kw, _ = spec["weight"]
         x, weight = torch.randn(n, c, h, w), torch.randn(o, c, kh, kw) * 0.05
-        return partial(F.conv2d, x, weight, bias, tuple(spec["stride"]), tuple(spec["padding"]))
+        conv = partial(F.conv2d, weight=weight, bias=bias, stride=tuple(spec["stride"]), padding=tuple(spec["padding"]))
+        if spec.get("upsample"):  # as diffusers' Upsample2D and TAESD's decoder: nearest, then the convolution
+            return lambda: conv(F.interpolate(x, scale_factor=spec["upsample"], mode="nearest"))
+        return partial(conv, x)
     x, weight = torch.randn(*spec["input"]), torch.randn(*spec["weight"]) * 0.05
     return partial(F.linear, x, weight, bias)
 

@@ -101,32 +101,45 @@ def _watched_classes():
 def watching_layers(on_call):
     """Within the block, every top-level call of a convolution, linear layer or attention module is
     reported as `on_call(kind, module, args, out)` (a subclass calling its parent's `__call__`, as
-    layers.Conv2d may, is reported once). The classes are restored on exit."""
-    originals, depth = {}, {}
+    layers.Conv2d may, is reported once). So is every `layers.upsample_conv(x, conv)`, as a call of
+    `conv` on `(x,)` whose output is twice x's size (the convolution's FLOPs are those of the
+    upsampled map however it is computed). The classes and the function are restored on exit."""
+    from .models import layers
 
-    def patch(cls, kind):
-        originals[cls] = cls.__dict__["__call__"]
+    originals, depth = [], {}
+
+    def reporting(original, kind, module_and_args):
         depth.setdefault(kind, 0)
 
-        def call(self, *args, **kwargs):
+        def call(*args, **kwargs):
             depth[kind] += 1
             try:
-                out = originals[cls](self, *args, **kwargs)
+                out = original(*args, **kwargs)
             finally:
                 depth[kind] -= 1
             if depth[kind] == 0:
-                on_call(kind, self, args, out)
+                on_call(kind, *module_and_args(args), out)
             return out
 
-        cls.__call__ = call
+        return call
 
     for cls, kind in _watched_classes():
-        patch(cls, kind)
+        originals.append((cls, "__call__", cls.__dict__["__call__"]))
+        cls.__call__ = reporting(cls.__dict__["__call__"], kind, lambda args: (args[0], args[1:]))
+    originals.append((layers, "upsample_conv", layers.upsample_conv))
+    layers.upsample_conv = reporting(layers.upsample_conv, "conv", lambda args: (args[1], args[:1]))
     try:
         yield
     finally:
-        for cls, original in originals.items():
-            cls.__call__ = original
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+def call_layer(spec: dict, module, x: mx.array) -> mx.array:
+    """`module` on x as `layer_shapes` saw it called: upsampled first where `spec` says so."""
+    from .models import layers
+
+    return layers.upsample_conv(x, module) if spec.get("upsample") else module(x)
 
 
 def _conv_kernel(module) -> tuple:
@@ -165,7 +178,8 @@ def layer_shapes(fn) -> list[dict]:
     """The distinct convolution and linear-layer calls of one call of `fn`, in order of first call.
 
     Each: kind ("conv" or "linear"), input shape (convolutions NHWC), weight shape (convolutions
-    (O, kh, kw, C), linear layers (O, K)), stride and padding (convolutions), bias, how many
+    (O, kh, kw, C), linear layers (O, K)), stride and padding (convolutions), `upsample` (2, for a
+    convolution of the upsampled input, `layers.upsample_conv`; absent otherwise), bias, how many
     calls had that shape, FLOPs per call, and `module`, one of the modules that made those calls.
     """
     shapes = {}
@@ -177,6 +191,8 @@ def layer_shapes(fn) -> list[dict]:
         if kind == "conv":
             spec = {"kind": kind, "input": x, "weight": _conv_kernel(module), "stride": tuple(module.stride),
                     "padding": tuple(module.padding)}
+            if out.shape[1] > x[1]:
+                spec["upsample"] = out.shape[1] // x[1]  # layers.upsample_conv: nearest upsampling first
         else:
             spec = {"kind": kind, "input": x, "weight": (out.shape[-1], x[-1])}
         spec["bias"] = "bias" in module
@@ -293,7 +309,8 @@ def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, refere
             module = spec.pop("module")
             x = mx.random.normal(spec["input"], key=mx.random.key(i))
             mx.eval(x)
-            sides["float32"][name] = partial(median_time, lambda module=module, x=x: mx.eval(module(x)), LAYER_BURST)
+            run = lambda spec=spec, module=module, x=x: mx.eval(call_layer(spec, module, x))
+            sides["float32"][name] = partial(median_time, run, LAYER_BURST)
             if reference is not None:
                 sides["pytorch-float32"][name] = partial(reference.time_layer, spec, LAYER_BURST)
             rows[name] = {"component": component, "batch": latents.shape[0], **spec}

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mlx_musicviz.benchmark import (
+    call_layer,
     count_flops,
     interleaved_times,
     layer_flops,
@@ -59,8 +60,9 @@ def test_layer_shapes_list_every_convolution_and_linear_call_once_per_shape():
     first = shapes[0]  # conv_in, on the latents
     assert first["kind"] == "conv" and first["input"] == (2, 16, 16, 4) and first["weight"][3] == 4
     assert first["stride"] == (1, 1) and first["bias"] is True
+    assert any(s.get("upsample") == 2 for s in shapes)  # the up blocks' upsamplers
     for s in shapes:
-        out = s["module"](mx.random.normal(s["input"]))
+        out = call_layer(s, s["module"], mx.random.normal(s["input"]))
         if s["kind"] == "conv":
             assert s["weight"] == tuple(s["module"].weight.shape)
             assert s["flops"] == 2.0 * out.size * s["weight"][1] * s["weight"][2] * s["weight"][3]

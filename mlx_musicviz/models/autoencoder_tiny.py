@@ -11,8 +11,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import layers as layers_module
 from .configs import TinyVAEConfig
-from .layers import Conv2d, group_norm, upsample_conv, upsample_nearest
+from .layers import Conv2d, group_norm, upsample_nearest
 
 
 class TinyBlock(nn.Module):
@@ -104,10 +105,12 @@ class DecoderTiny(nn.Module):
     def __call__(self, latents):
         """Raw latents (N, h, w, C) -> images in [-1, 1] (unclamped) (N, 8h, 8w, 3)."""
         x = mx.tanh(latents / 3) * 3
-        layers = iter(self.layers)
-        for layer in layers:
+        remaining = iter(self.layers)
+        for layer in remaining:
             if isinstance(layer, Upsample) and layer.factor == 2:
-                x = upsample_conv(x, next(layers))  # every upsampling is followed by its 3x3 convolution
+                # every upsampling is followed by its 3x3 convolution; looked up in the module when called,
+                # where the benchmark's layer watcher finds it
+                x = layers_module.upsample_conv(x, next(remaining))
             else:
                 x = layer(x)
         return x * 2 - 1
