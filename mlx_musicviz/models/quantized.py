@@ -58,8 +58,8 @@ def unpack(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int
     """The float (rows, row_length) matrix of a packed affine-quantized weight."""
     if mx.default_device() != mx.cpu:
         return mx.dequantize(weight, scales, biases, group_size, bits, dtype=dtype)
-    # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 450-700 (4 bits)
-    # and 500-800 (8 bits), single-threaded. The float passes after the levels are most of it; fusing
+    # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 400-700 (4 bits)
+    # and 450-800 (8 bits), single-threaded. The float passes after the levels are most of it; fusing
     # them with mx.compile is slower (a kernel with broadcast scales is not vectorized).
     rows = weight.shape[0]
     octets = weight.view(mx.uint8)
