@@ -129,11 +129,16 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
+def _same_3x3_on_cpu(x: mx.array, weight: mx.array, stride, padding, dilation) -> bool:
+    """Whether a convolution is 3x3, stride 1, padding 1, undilated, on float32 CPU input: the CPU paths' case."""
+    return (tuple(weight.shape[1:3]) == (3, 3) and _pair(stride) == (1, 1) and _pair(padding) == (1, 1)
+            and _pair(dilation) == (1, 1) and on_cpu(x))
+
+
 def conv_path(x: mx.array, weight: mx.array, stride=1, padding=0, dilation=1) -> str:
     """How `conv2d` computes x (N, H, W, C) with weight (O, kh, kw, C): "few_outputs", "rows" or "mlx"."""
-    o, kh, kw, c = weight.shape
-    if not ((kh, kw) == (3, 3) and _pair(stride) == (1, 1) and _pair(padding) == (1, 1) and _pair(dilation) == (1, 1)
-            and on_cpu(x)):
+    o, _, _, c = weight.shape
+    if not _same_3x3_on_cpu(x, weight, stride, padding, dilation):
         return "mlx"
     if o <= FEW_OUTPUTS:
         return "few_outputs"
@@ -330,8 +335,7 @@ def upsample_conv(x: mx.array, conv: nn.Module) -> mx.array:
     """
     kernel = conv.kernel(x.dtype) if hasattr(conv, "kernel") else conv.weight
     b, h, w, c = x.shape
-    if not (on_cpu(x) and kernel.shape[1:3] == (3, 3) and _pair(conv.stride) == (1, 1)
-            and _pair(conv.padding) == (1, 1) and _pair(getattr(conv, "dilation", 1)) == (1, 1)
+    if not (_same_3x3_on_cpu(x, kernel, conv.stride, conv.padding, getattr(conv, "dilation", 1))
             and getattr(conv, "groups", 1) == 1 and b * h * w >= c):
         return conv(upsample_nearest(x, 2))
     o = kernel.shape[0]
