@@ -27,7 +27,8 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
 
 
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 64, True), (2, 33, 50, 16, 12, True),
-                                                (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True)])
+                                                (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True),
+                                                (1, 21, 19, 256, 128, True)])
 def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
     monkeypatch.setattr(layers, "MIN_PIXELS", 1)
     monkeypatch.setattr(layers, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
@@ -48,7 +49,9 @@ def test_other_convolutions_take_mlx_path():
     assert path(x, 64, 64) == "rows"
     assert path(x, 64, 64, stride=2) == "mlx"
     assert path(x, 64, 64, kernel=1) == "mlx"
+    assert path(mx.zeros((1, 256, 256, 256)), 256, 128) == "rows"  # the KL VAE's 256-channel layers
     assert path(mx.zeros((1, 256, 256, 320)), 320, 320) == "mlx"
+    assert path(mx.zeros((1, 256, 256, 512)), 512, 256) == "mlx"
     assert path(mx.zeros((1, 64, 64, 64)), 64, 64) == "mlx"
     assert path(x.astype(mx.float16), 64, 64) == "mlx"
     assert path(mx.zeros((1, 64, 64, 320)), 320, 4) == "few_outputs"

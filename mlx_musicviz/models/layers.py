@@ -119,8 +119,8 @@ def _normalize_affine(x: mx.array, mean: mx.array, rstd: mx.array, weight: mx.ar
 
 # The CPU paths of `conv2d` (3x3, stride 1, padding 1, float32); tests change these.
 MIN_PIXELS = 128 * 128  # rows of taps from this map size: below it mlx's own path is as fast
-MAX_CHANNELS = 128  # rows of taps up to this many input channels: wider layers (the UNet's) run near
-#                     the matmul peak in mlx's own path
+MAX_CHANNELS = 256  # rows of taps up to this many input channels: wider layers (the UNet's, the KL
+#                     VAE's 512) run as fast in mlx's own path
 STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
 FEW_OUTPUTS = 8  # at most this many output channels: the one-matmul path
 
@@ -151,12 +151,14 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1
            dilation=1) -> mx.array:
     """mx.conv2d (+ bias), with two CPU paths for 3x3, stride-1, padding-1 float32 kernels.
 
-    Rows of taps (large maps of at most 128 channels: the tiny VAE's): mlx's CPU convolution copies
-    9 shifted views into one im2col buffer; over a 512x512 map of 64 channels (600 MB of copies)
-    that costs more than the matmul. Here the output is computed in the padded map's row layout
-    (`_row_layout`), where every tap (dy, dx) is a contiguous row offset: 9 accumulating matmuls
-    over views, no input copies. Strips of output rows keep the accumulator in cache. Measured on a
-    2-core x86-64 (64 channels): 1.3-1.6x faster than mlx at 512x512, ~2x at 256x256.
+    Rows of taps (large maps of at most 256 channels: the tiny VAE's, the KL VAE's two last levels):
+    mlx's CPU convolution copies 9 shifted views into one im2col buffer; over a 512x512 map of 64
+    channels (600 MB of copies) that costs more than the matmul. Here the output is computed in the
+    padded map's row layout (`_row_layout`), where every tap (dy, dx) is a contiguous row offset: 9
+    accumulating matmuls over views, no input copies. Strips of output rows keep the accumulator in
+    cache. Measured on a 2-core x86-64: 64 channels 1.3-1.6x faster than mlx at 512x512, ~2x at
+    256x256; the KL VAE's 256->128 at 512x512 3.3-3.9 -> 1.6-1.7 s, 256->256 at 256x256 0.49-0.83 ->
+    0.43-0.47 s, 128->128 at 512x512 0.93-1.09 -> 0.90-1.03 s (its 512-channel layers: no gain).
 
     Few outputs (the decoders' image convolutions, the UNet's conv_out): BLAS runs an N = 3 or 4
     matmul at ~10 GFLOP/s here, so all 9 taps' outputs come from one (pixels, C) @ (C, 9 * O)
@@ -290,11 +292,11 @@ class ResnetBlock2D(nn.Module):
     ):
         super().__init__()
         self.norm1 = group_norm(groups, in_channels, eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         if temb_channels is not None:
             self.time_emb_proj = nn.Linear(temb_channels, out_channels)
         self.norm2 = group_norm(groups, out_channels, eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
         self.output_scale_factor = output_scale_factor
