@@ -71,11 +71,9 @@ class TorchReference:
     def time_layer(self, spec: dict, burst: int = 1) -> float:
         """Seconds of one call of a layer shape on random inputs: `spec` as `layer_shapes` gives it
         (kind "conv" or "linear", input shape (NHWC for convolutions), weight shape (O, kh, kw, C) or
-        (O, K), stride, padding, bias), run as torch runs it in diffusers (convolutions NCHW); one
-        untimed call, then the median of `burst` calls."""
-        keys = ("kind", "input", "weight", "stride", "padding", "bias")
-        request = {"layer": {k: spec[k] for k in keys if k in spec}, "burst": burst}
-        self._child.stdin.write(json.dumps(request) + "\n")
+        (O, K), stride, padding, upsample, bias), run as torch runs it in diffusers (convolutions
+        NCHW, an upsampler's after F.interpolate); one untimed call, then the median of `burst` calls."""
+        self._child.stdin.write(json.dumps(layer_request(spec, burst)) + "\n")
         self._child.stdin.flush()
         return self._reply()["seconds"]
 
@@ -101,6 +99,14 @@ class TorchReference:
                 self._child.wait()
         self._log.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+LAYER_KEYS = ("kind", "input", "weight", "stride", "padding", "upsample", "bias")  # what `_layer_call` reads
+
+
+def layer_request(spec: dict, burst: int) -> dict:
+    """The request line (as JSON) that asks the child to time a layer of `spec`'s shape."""
+    return {"layer": {k: spec[k] for k in LAYER_KEYS if k in spec}, "burst": burst}
 
 
 # ---- the child process: torch, diffusers and transformers only ----

@@ -71,6 +71,31 @@ def test_layer_shapes_list_every_convolution_and_linear_call_once_per_shape():
             assert s["flops"] == 2.0 * out.size * s["input"][-1]
 
 
+def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
+    """Every layer shape of a UNet call and of a VAE decode, sent to the reference's child as
+    a request line, builds a PyTorch call with the output MLX's layer gives (NCHW against NHWC): an
+    upsampler's convolution included, nearest upsampling first."""
+    import mlx.core as mx
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from torch_reference import _layer_call, layer_request
+
+    pipe = Pipeline.random("tiny")
+    latents = mx.zeros((1, 16, 16, 4))
+    emb = mx.zeros((1, 77, pipe.text_encoder.hidden_size))
+    shapes = layer_shapes(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
+    shapes += layer_shapes(lambda: mx.eval(pipe.vae.decode(latents)))
+    assert sum(1 for s in shapes if s.get("upsample")) >= 3
+    for spec in shapes:
+        sent = json.loads(json.dumps(layer_request(spec, 3)))["layer"]
+        with torch.no_grad():
+            out = _layer_call(sent, torch)()
+        mine = call_layer(spec, spec["module"], mx.zeros(spec["input"]))
+        expected = (mine.shape[0], mine.shape[3], mine.shape[1], mine.shape[2]) if spec["kind"] == "conv" else mine.shape
+        assert tuple(out.shape) == tuple(expected), spec
+
+
 def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
     """Every side runs each component once a round, the order rotating; the warm-up round is not
     kept; a pause comes only where the process changes (a "pytorch" side is another process)."""
