@@ -34,14 +34,15 @@ class TorchReference:
 
     `source`: the saved diffusers checkpoint (the same weights, for mlx-musicviz to convert);
     `time(component, batch)`: seconds of one call of "text_encoder" (`batch` prompts), "unet",
-    "vae" (decode) or "frame" (UNet + decode) on `batch` images, run in the child when asked, so
+    "vae" (decode with the tiny VAE, or with the large one, `vae_large/`, when `vae` is "large")
+    or "frame" (UNet + decode) on `batch` images, run in the child when asked, so
     the benchmark can interleave these calls with its MLX calls (the first call of each is the
     caller's warm-up);
     `matmul_gflops`: torch's float32 2048^3 matmul rate in the child; `info`: torch version,
-    threads, and the BLAS libraries mapped into the child.
+    threads, the BLAS libraries mapped into the child, and the class of the VAE it times.
     """
 
-    def __init__(self, name: str, size: int, seed: int = 0):
+    def __init__(self, name: str, size: int, seed: int = 0, vae: str = "tiny"):
         from mlx_musicviz.errors import MusicvizError
         from mlx_musicviz.models.tokenizer import BUNDLED_VOCABULARY
         from mlx_musicviz.random_models import random_configs
@@ -49,9 +50,11 @@ class TorchReference:
         if not name.startswith("random:"):
             raise MusicvizError("the PyTorch reference builds random:NAME architectures; give --model random:NAME")
         configs, pad = random_configs(name[len("random:"):])
+        if vae == "large" and "vae_large" not in configs:
+            raise MusicvizError(f"{name} has no large VAE")
         self._tmp = Path(tempfile.mkdtemp(prefix="musicviz-bench-"))
         job = {"configs": configs, "pad": pad, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
-               "size": size, "seed": seed}
+               "size": size, "seed": seed, "vae": vae}
         (self._tmp / "job.json").write_text(json.dumps(job))
         # The child must not load the optimized BLAS (it would not import mlx_musicviz anyway; belt and braces).
         env = {**os.environ, "MLX_MUSICVIZ_BLAS": "0", "MLX_MUSICVIZ_MALLOC": "0"}
@@ -159,7 +162,7 @@ def _child(job_path: Path) -> None:
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     import torch
-    from diffusers import AutoencoderTiny, UNet2DConditionModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     job = json.loads(job_path.read_text())
@@ -174,6 +177,10 @@ def _child(job_path: Path) -> None:
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
+    if job["vae"] == "large":  # the VAE that "vae" and "frame" time
+        vae = AutoencoderKL.from_config(_clean(configs["vae_large"])).eval()
+        vae.save_pretrained(folder / "vae_large", safe_serialization=True)
+    scale = vae.config.scaling_factor  # decode as the pipeline does: latents / scaling factor
     (folder / "tokenizer").mkdir(parents=True)
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(Path(job["vocabulary"]) / f, folder / "tokenizer" / f)
@@ -196,14 +203,14 @@ def _child(job_path: Path) -> None:
 
     calls = {"text_encoder": lambda latents, ids, embs, noise: text_encoder(ids).last_hidden_state,
              "unet": lambda latents, ids, embs, noise: unet(latents, t, embs).sample,
-             "vae": lambda latents, ids, embs, noise: vae.decode(noise).sample,
-             "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample).sample}
+             "vae": lambda latents, ids, embs, noise: vae.decode(noise / scale).sample,
+             "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample / scale).sample}
     with torch.no_grad():
         a = torch.randn(2048, 2048)
         timing = _load_timing()
         matmul = 2 * 2048**3 / timing.median_time(lambda: a @ a, 5) / 1e9
         info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
-                "mlx_imported": "mlx.core" in sys.modules}
+                "mlx_imported": "mlx.core" in sys.modules, "vae": type(vae).__name__}
         replies.write(json.dumps({"matmul_gflops": matmul, "info": info}) + "\n")
         layers = {}  # a layer request's JSON -> its call on inputs made once
         for line in sys.stdin:  # one request a line, until the parent closes stdin

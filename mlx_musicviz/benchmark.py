@@ -49,12 +49,17 @@ class BenchConfig:
     render_seconds: float = 10.0
     audio: str | None = None  # default: the bundled trumpet clip
     layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
+    vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
 
     def check(self) -> None:
-        """Raise MusicvizError for a level or batch size the runner cannot time."""
+        """Raise MusicvizError for a level, batch size or VAE the runner cannot time."""
+        from .pipeline import VAE_CHOICES
+
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown:
             raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if self.vae not in VAE_CHOICES:
+            raise MusicvizError(f"unknown VAE {self.vae!r}; choose from {', '.join(VAE_CHOICES)}")
         if not self.batches or any(b < 1 for b in self.batches):
             raise MusicvizError("batch sizes must be at least 1")
 
@@ -221,13 +226,21 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def _pipeline(source, level: str, group_size: int):
+def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
+    """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
+    (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
     from .pipeline import load_pipeline
 
     if level in DTYPES:
         return load_pipeline(source, dtype=DTYPES[level])
     bits = int(level.removesuffix("bit"))
-    return load_pipeline(source).quantize(bits, group_size)
+    components = ("text_encoder", "unet") + (("vae_large",) if vae == "large" else ())
+    return load_pipeline(source).quantize(bits, group_size, components=components)
+
+
+def _vae(pipe, vae: str):
+    """The VAE module that decodes: `pipe.vae` (tiny) or `pipe.vae_large`."""
+    return pipe.vae if vae == "tiny" else pipe.vae_large
 
 
 def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0.2) -> dict[str, dict[str, list]]:
@@ -278,10 +291,12 @@ def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult) -> 
     return fields
 
 
-def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None) -> list[dict]:
-    """Every distinct convolution and linear-layer shape of one UNet call and one VAE decode of
-    `pipe` on `latents`, timed alone: the module itself on a random input of its shape, and the
-    same shape in PyTorch (`reference.time_layer`), taking turns (`interleaved_times`).
+def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None,
+                vae: str = "tiny") -> list[dict]:
+    """Every distinct convolution and linear-layer shape of one UNet call and one decode by the
+    `vae` ("tiny" or "large") of `pipe` on `latents`, timed alone: the module itself on a random
+    input of its shape, and the same shape in PyTorch (`reference.time_layer`), taking turns
+    (`interleaved_times`).
 
     A turn is one untimed call and the median of `LAYER_BURST` calls back to back, as the layers
     run inside the model: a single call after the other side's turn would pay for waking its BLAS
@@ -301,7 +316,7 @@ def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, refere
         mx.eval(noise[0])
 
     shapes = {"unet": layer_shapes(unet)}
-    shapes["vae"] = layer_shapes(lambda: mx.eval(pipe.vae.decode(noise[0])))
+    shapes["vae"] = layer_shapes(lambda: mx.eval(_vae(pipe, vae).decode(noise[0])))
     rows, sides = {}, {"float32": {}, "pytorch-float32": {}}
     for component, specs in shapes.items():
         for i, spec in enumerate(specs):
@@ -387,7 +402,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
     pipes, embeddings = {}, {}
     for level in config.levels:
-        pipe = pipes[level] = _pipeline(source, level, config.group_size)
+        pipe = pipes[level] = _pipeline(source, level, config.group_size, config.vae)
         embeddings[level] = pipe.encode_prompt(PROMPT)
         mx.eval(embeddings[level])
         if not result.flops:
@@ -396,7 +411,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             noise = pipe.unet(one.astype(pipe.dtype), None, emb.astype(pipe.dtype), temb=pipe._temb)
             result.flops = {
                 "unet": count_flops(lambda: mx.eval(pipe.unet(one, None, emb, temb=pipe._temb))),
-                "vae": count_flops(lambda: mx.eval(pipe.vae.decode(noise))),
+                "vae": count_flops(lambda: mx.eval(_vae(pipe, config.vae).decode(noise))),
                 "text_encoder": count_flops(lambda: mx.eval(pipe.encode_prompt(PROMPT))),
             }
             log("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()))
@@ -410,21 +425,22 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             # pipe.denoise's two steps, kept apart: the UNet output is compared with float32's too
             noise = pipe.unet(latents.astype(pipe.dtype), None, embs.astype(pipe.dtype), temb=pipe._temb)
             denoised = pipe.scheduler.step(noise, latents.astype(pipe.dtype))
-            image = pipe.decode(denoised)
+            image = pipe.decode(denoised, config.vae)
             mx.eval(latents, embs, noise, denoised, image)
             outputs[level] = (np.array(noise.astype(mx.float32)), np.array(image))
             noise = image = None
             in_use = mx.get_active_memory()
             mx.reset_peak_memory()
-            mx.eval(pipe.generate(latents, embs))
+            mx.eval(pipe.generate(latents, embs, config.vae))
             weights = pipe.weight_bytes()
             rows[level] = {"level": level, "batch": batch, "weight_bytes": weights,
                            "peak_memory": mx.get_peak_memory() - in_use + sum(weights.values())}
             sides[level] = {
                 "text_encoder": partial(call_seconds, lambda pipe=pipe, prompts=prompts: mx.eval(pipe.encode_prompt(prompts))),
                 "unet": partial(call_seconds, lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.denoise(latents, embs))),
-                "vae": partial(call_seconds, lambda pipe=pipe, denoised=denoised: mx.eval(pipe.decode(denoised))),
-                "frame": partial(call_seconds, lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.generate(latents, embs))),
+                "vae": partial(call_seconds, lambda pipe=pipe, denoised=denoised: mx.eval(pipe.decode(denoised, config.vae))),
+                "frame": partial(call_seconds,
+                                 lambda pipe=pipe, latents=latents, embs=embs: mx.eval(pipe.generate(latents, embs, config.vae))),
             }
         if reference is not None:
             sides["pytorch-float32"] = {c: (lambda c=c, b=batch: reference.time(c, b)) for c in COMPONENTS}
@@ -458,7 +474,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             pipe = pipes["float32"]
             latents = mx.random.normal((batch, *pipe.latent_shape(config.size, config.size)[1:]), key=mx.random.key(1))
             embs = mx.broadcast_to(embeddings["float32"], (batch, *embeddings["float32"].shape[1:]))
-            layers = time_layers(pipe, latents, embs, config.runs, reference)
+            layers = time_layers(pipe, latents, embs, config.runs, reference, config.vae)
             result.layers += layers
             for line in _layer_summary(layers):
                 log(f" layers b{batch}: " + line)
@@ -488,7 +504,7 @@ def bench_render(source, config: BenchConfig) -> dict:
     audio, fps, batch = config.audio or DEMO_AUDIO, 24, max(config.batches)
     with tempfile.TemporaryDirectory() as tmp:
         res = render(audio, PROMPT, output=Path(tmp) / "bench.mp4", pipeline=pipe,
-                     size=config.size, fps=fps, duration=config.render_seconds, batch_size=batch)
+                     size=config.size, fps=fps, duration=config.render_seconds, batch_size=batch, vae=config.vae)
     features = analyze(audio, fps=fps, duration=config.render_seconds)
     embeds = mx.zeros((13, pipe.tokenizer.model_max_length, pipe.text_encoder.hidden_size))
     noise_walk, prompt_walk = make_walkers(features, pipe, embeds, 1, config.size)
@@ -511,7 +527,7 @@ def markdown(result: BenchResult) -> str:
     lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {m['device']}, BLAS: {m['blas']}; "
              f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s ("
              + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"). Model {result.config['model']} at "
-             f"{result.config['size']}x{result.config['size']}; GFLOP per image: "
+             f"{result.config['size']}x{result.config['size']}, {result.config.get('vae', 'tiny')} VAE; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
              (f"Times: medians of {result.config['runs']} round(s), the levels and PyTorch taking turns call by call; "
               "ratios: medians of the rounds' ratios."), "",
@@ -536,8 +552,9 @@ def markdown(result: BenchResult) -> str:
                          f"{ratio['vae']:.2f}x | {text} | | | | | |")
     if result.reference_info:
         info = result.reference_info
-        lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads) ran in a process of its own, without "
-                  "mlx-musicviz's BLAS; BLAS libraries mapped there: " + (", ".join(info["blas_libraries"]) or "none") + "."]
+        lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads; VAE {info.get('vae', 'AutoencoderTiny')}) ran in a "
+                  "process of its own, without mlx-musicviz's BLAS; BLAS libraries mapped there: "
+                  + (", ".join(info["blas_libraries"]) or "none") + "."]
     if result.layers:
         lines += ["", *_layers_markdown(result)]
     if result.render:

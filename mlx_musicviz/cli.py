@@ -215,7 +215,7 @@ def _torch_reference(config):
     sys.path.insert(0, str(folder))
     from torch_reference import TorchReference
 
-    return TorchReference(config.model, config.size)
+    return TorchReference(config.model, config.size, vae=config.vae)
 
 
 def _mel_overrides(**kw) -> dict:
@@ -309,17 +309,21 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
               help="Time PyTorch on the same weights (needs the dev extra and a checkout).")
 @click.option("--layers", is_flag=True,
               help="Also time every convolution and linear-layer shape of the float32 UNet and VAE alone (beside PyTorch).")
-@click.option("--quick", is_flag=True, help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers.")
+@click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True,
+              help="The VAE that decodes: SDXS's tiny one, or the model's large (KL) VAE; quantized levels quantize the large one.")
+@click.option("--quick", is_flag=True,
+              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers (--vae applies).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for results.json, results.md and fps.png.")
 @friendly_errors
-def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, quick, out_dir):
+def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, vae, quick, out_dir):
     """Frames per second by precision level and batch size, beside PyTorch and the matmul peak.
 
     \b
     Examples:
       musicviz-mlx bench --quick
       musicviz-mlx bench --model random:sdxs-512-0.9 --levels float32,8bit,4bit --batches 1,4
+      musicviz-mlx bench --vae large --levels float32,8bit --batches 1 --render-seconds 0
     """
     from .benchmark import BenchConfig, run_benchmark, write_outputs
 
@@ -327,12 +331,12 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
         config = BenchConfig(model=model, size=size, levels=tuple(v.strip() for v in levels.split(",") if v.strip()),
                              batches=tuple(int(b) for b in batches.split(",") if b.strip()),
                              group_size=int(group_size), runs=runs, render_seconds=render_seconds, audio=audio,
-                             layers=layers)
+                             layers=layers, vae=vae)
     except ValueError:
         raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
     if quick:
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
-                             render_seconds=2.0, audio=audio, layers=True)
+                             render_seconds=2.0, audio=audio, layers=True, vae=vae)
     config.check()
     ref = _torch_reference(config) if reference else None
     if reference and ref is None:

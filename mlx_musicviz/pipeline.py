@@ -68,6 +68,7 @@ class Pipeline:
         self.dtype = dtype
         self.record = record or {}
         self._vae_large = None
+        self._build_vae_large = None  # random models: builds the large VAE when it is first used
         # The timestep never changes: embed it once (batch 1 broadcasts over any batch).
         self._temb = self.unet.time_embed(self.scheduler.timestep)
         mx.eval(self._temb)
@@ -90,15 +91,24 @@ class Pipeline:
 
         configs, pad = random_configs(name)
         mx.random.seed(seed)
-        modules = {}
-        for part in ("text_encoder", "unet", "vae"):
-            modules[part] = build_model(configs[part])
-            modules[part].set_dtype(dtype)
-            modules[part].eval()
+
+        def build(part: str):
+            module = build_model(configs[part])
+            module.set_dtype(dtype)
+            return module.eval()
+
+        modules = {part: build(part) for part in ("text_encoder", "unet", "vae")}
         tokenizer = CLIPTokenizer.from_pretrained().with_pad_token(pad)
         scheduler = OneStepScheduler.from_config(SchedulerConfig.from_dict(configs["scheduler"]))
         pipe = cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
                    {"source": f"random:{name}"})
+        if "vae_large" in configs:
+
+            def build_vae_large():  # when first used; a seed of its own gives the same weights whenever that is
+                mx.random.seed(seed + 1)
+                return build("vae_large")
+
+            pipe._build_vae_large = build_vae_large
         return pipe.quantize(bits, group_size, mixed) if bits else pipe
 
     def quantize(self, bits: int, group_size: int = 64, mixed: bool = False,
@@ -122,6 +132,8 @@ class Pipeline:
 
     @property
     def vae_large(self):
+        if self._vae_large is None and self._build_vae_large is not None:
+            self._vae_large = self._build_vae_large()
         if self._vae_large is None:
             if self.folder is None or not (self.folder / "vae_large").is_dir():
                 raise MusicvizError(f"model {self.folder or self.record.get('source')} has no vae_large/ (the large VAE)")
@@ -135,8 +147,9 @@ class Pipeline:
                 for k, v in self.record.get("quantization", {}).items()}
 
     def weight_bytes(self) -> dict[str, int]:
-        """Resident bytes of each component's weights."""
-        return {name: weight_bytes(getattr(self, name)) for name in ("text_encoder", "unet", "vae")}
+        """Resident bytes of each component's weights (the large VAE's once it is loaded)."""
+        loaded = ("text_encoder", "unet", "vae") + (("vae_large",) if self._vae_large is not None else ())
+        return {name: weight_bytes(getattr(self, name)) for name in loaded}
 
     @property
     def latent_channels(self) -> int:

@@ -1,7 +1,8 @@
 """Architectures for `random:NAME` models: try the pipeline or benchmark with no download.
 
 `random:sdxs-512-0.9` and `random:sdxs-512-dreamshaper` use the reconstructed configs shipped in
-`data/configs/`; `random:tiny` is sdxs-512-0.9's layout at small widths (fast on any CPU).
+`data/configs/` (their `vae_large.json`, the large VAE, is SD's VAE layout: the reconstructed
+configs have none); `random:tiny` is sdxs-512-0.9's layout at small widths (fast on any CPU).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ TINY = {
     "text_encoder": {"_class_name": "CLIPTextModel", "hidden_size": 64, "intermediate_size": 256,
                      "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_act": "gelu", "eos_token_id": 2},
     "vae": {"_class_name": "AutoencoderTiny"},
+    "vae_large": {"_class_name": "AutoencoderKL", "block_out_channels": [32, 32, 64, 64],  # 8x, as SD's
+                  "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+                  "layers_per_block": 1, "norm_num_groups": 32},
 }
 
 
@@ -28,14 +32,15 @@ def names() -> list[str]:
 
 
 def random_configs(name: str) -> tuple[dict, str]:
-    """({component: config}, pad token) for a random model name."""
+    """({component: config}, pad token) for a random model name; "vae_large" where it has one."""
     if name == "tiny":
         scheduler = json.loads((CONFIGS / "sdxs-512-0.9" / "scheduler.json").read_text())
         return {**TINY, "scheduler": scheduler}, "!"
     folder = CONFIGS / name
     if not folder.is_dir():
         raise MusicvizError(f"unknown random model {name!r}; choose one of: {', '.join(names())}")
-    configs = {part: json.loads((folder / f"{part}.json").read_text()) for part in ("unet", "text_encoder", "vae", "scheduler")}
+    configs = {part: json.loads((folder / f"{part}.json").read_text())
+               for part in ("unet", "text_encoder", "vae", "vae_large", "scheduler") if (folder / f"{part}.json").exists()}
     configs["text_encoder"].setdefault("_class_name", "CLIPTextModel")
     pad = json.loads((folder / "special_tokens_map.json").read_text())["pad_token"]
     return configs, pad

@@ -72,7 +72,7 @@ def test_layer_shapes_list_every_convolution_and_linear_call_once_per_shape():
 
 
 def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
-    """Every layer shape of a UNet call and of a VAE decode, sent to the reference's child as
+    """Every layer shape of a UNet call and of both VAEs' decodes, sent to the reference's child as
     a request line, builds a PyTorch call with the output MLX's layer gives (NCHW against NHWC): an
     upsampler's convolution included, nearest upsampling first."""
     import mlx.core as mx
@@ -86,7 +86,8 @@ def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
     emb = mx.zeros((1, 77, pipe.text_encoder.hidden_size))
     shapes = layer_shapes(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
     shapes += layer_shapes(lambda: mx.eval(pipe.vae.decode(latents)))
-    assert sum(1 for s in shapes if s.get("upsample")) >= 3
+    shapes += layer_shapes(lambda: mx.eval(pipe.vae_large.decode(latents)))
+    assert sum(1 for s in shapes if s.get("upsample")) >= 5
     for spec in shapes:
         sent = json.loads(json.dumps(layer_request(spec, 3)))["layer"]
         with torch.no_grad():
@@ -178,3 +179,38 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert "| float32 | 1 |" in md
     assert "| 1 | vae | conv |" in md and "| 2 | unet | other |" in md and "largest gaps" in md
     assert Image.open(out / "fps.png").size[0] > 100
+
+
+@pytest.mark.slow
+def test_bench_with_the_large_vae_times_it_on_both_sides():
+    """`bench --vae large`: the decode (alone, in the frame, in the layer table) is the large (KL)
+    VAE's on both sides, with the same weights, and the quantized levels quantize it."""
+    import mlx.core as mx
+
+    from mlx_musicviz.benchmark import BenchConfig, markdown, run_benchmark
+    from mlx_musicviz.cli import _torch_reference
+
+    config = BenchConfig(model="random:tiny", size=128, levels=("float32", "4bit"), batches=(1,), runs=1,
+                         render_seconds=0, layers=True, vae="large")
+    reference = _torch_reference(config)
+    try:
+        result = run_benchmark(config, reference=reference, log=lambda line: None)
+    finally:
+        reference.close()
+    assert result.config["vae"] == "large" and result.reference_info["vae"] == "AutoencoderKL"
+    by = {r["level"]: r for r in result.rows}
+    assert by["4bit"]["weight_bytes"]["vae_large"] < 0.4 * by["float32"]["weight_bytes"]["vae_large"]
+    assert by["4bit"]["frame_psnr"] < by["float32"]["frame_psnr"] == float("inf")
+    assert result.reference[0]["mlx_over_pytorch"]["vae"] > 0
+    # The VAE layers timed are the large VAE's, call for call (the tiny one has no linear layers).
+    pipe = Pipeline.random("tiny")
+    expected = layer_shapes(lambda: mx.eval(pipe.vae_large.decode(mx.zeros((1, 16, 16, 4)))))
+    timed = [r for r in result.layers if r["component"] == "vae"]
+    assert [(r["kind"], tuple(r["input"]), tuple(r["weight"]), r["calls"]) for r in timed] == [
+        (s["kind"], s["input"], s["weight"], s["calls"]) for s in expected]
+    assert {r["kind"] for r in timed} == {"conv", "linear"} and all(r["pytorch_s"] > 0 for r in timed)
+    # the decode's FLOPs: its convolutions and linear layers, plus the mid-block attention's products
+    layer_flops_sum = sum(r["calls"] * r["flops"] for r in timed)
+    assert layer_flops_sum < result.flops["vae"] == pytest.approx(count_flops(lambda: mx.eval(pipe.vae_large.decode(
+        mx.zeros((1, 16, 16, 4))))))
+    assert "large VAE" in markdown(result) and "VAE AutoencoderKL" in markdown(result)

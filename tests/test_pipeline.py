@@ -85,3 +85,25 @@ def test_full_size_sdxs09_pipeline_matches_diffusers(tmp_path):
     frac = pixels_within(got, expected)
     print(f"full-size sdxs-512-0.9 pipeline: {frac:.5%} of pixels within 1/255")
     assert frac >= 0.999
+
+
+@pytest.mark.parametrize("name", ["tiny", "sdxs-512-0.9", "sdxs-512-dreamshaper"])
+def test_random_models_carry_a_large_vae_built_when_first_used(name):
+    """`random:NAME --vae large` works with no download: the large VAE (SD's layout for the SDXS
+    names, as diffusers builds it) is built on first use, with the same weights every time."""
+    from diffusers import AutoencoderKL
+
+    from mlx_musicviz.pipeline import Pipeline
+    from mlx_musicviz.random_models import random_configs
+
+    config = {k: v for k, v in random_configs(name)[0]["vae_large"].items() if not k.startswith("_")}
+    assert AutoencoderKL.from_config(config).config.block_out_channels[-1] == config["block_out_channels"][-1]
+    if name != "tiny":
+        assert config["block_out_channels"] == [128, 256, 512, 512] and config["layers_per_block"] == 2
+        return
+    pipe = Pipeline.random(name)
+    assert "vae_large" not in pipe.weight_bytes()  # not built yet
+    latents = mx.random.normal((1, 8, 8, 4), key=mx.random.key(0))
+    images = pipe.decode(latents, "large")
+    assert images.shape == (1, 64, 64, 3) and pipe.weight_bytes()["vae_large"] > 0
+    assert mx.array_equal(images, Pipeline.random(name).decode(latents, "large"))
