@@ -31,6 +31,7 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
                                                 (1, 21, 19, 256, 128, True)])
 def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
     monkeypatch.setattr(layers, "MIN_PIXELS", 1)
+    monkeypatch.setattr(layers, "MIN_CHANNELS", 1)
     monkeypatch.setattr(layers, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "rows") < 1e-6
 
@@ -53,6 +54,9 @@ def test_other_convolutions_take_mlx_path():
     assert path(mx.zeros((1, 256, 256, 320)), 320, 320) == "mlx"
     assert path(mx.zeros((1, 256, 256, 512)), 512, 256) == "mlx"
     assert path(mx.zeros((1, 64, 64, 64)), 64, 64) == "mlx"
+    assert path(mx.zeros((1, 512, 512, 32)), 32, 64) == "rows"
+    assert path(mx.zeros((1, 128, 128, 4)), 4, 64) == "mlx"  # the decoders' conv_in at 1024x1024 frames
+    assert path(mx.zeros((1, 512, 512, 16)), 16, 64) == "mlx"
     assert path(x.astype(mx.float16), 64, 64) == "mlx"
     assert path(mx.zeros((1, 64, 64, 320)), 320, 4) == "few_outputs"
     assert path(x, 64, 9) == "rows"
