@@ -238,11 +238,6 @@ def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
     return load_pipeline(source).quantize(bits, group_size, components=components)
 
 
-def _vae(pipe, vae: str):
-    """The VAE module that decodes: `pipe.vae` (tiny) or `pipe.vae_large`."""
-    return pipe.vae if vae == "tiny" else pipe.vae_large
-
-
 def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0.2) -> dict[str, dict[str, list]]:
     """Seconds of each side's calls, taking turns: side -> component -> `runs` times.
 
@@ -316,7 +311,7 @@ def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, refere
         mx.eval(noise[0])
 
     shapes = {"unet": layer_shapes(unet)}
-    shapes["vae"] = layer_shapes(lambda: mx.eval(_vae(pipe, vae).decode(noise[0])))
+    shapes["vae"] = layer_shapes(lambda: mx.eval(pipe.vae_for(vae).decode(noise[0])))
     rows, sides = {}, {"float32": {}, "pytorch-float32": {}}
     for component, specs in shapes.items():
         for i, spec in enumerate(specs):
@@ -411,7 +406,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             noise = pipe.unet(one.astype(pipe.dtype), None, emb.astype(pipe.dtype), temb=pipe._temb)
             result.flops = {
                 "unet": count_flops(lambda: mx.eval(pipe.unet(one, None, emb, temb=pipe._temb))),
-                "vae": count_flops(lambda: mx.eval(_vae(pipe, config.vae).decode(noise))),
+                "vae": count_flops(lambda: mx.eval(pipe.vae_for(config.vae).decode(noise))),
                 "text_encoder": count_flops(lambda: mx.eval(pipe.encode_prompt(PROMPT))),
             }
             log("GFLOP per image: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()))

@@ -180,11 +180,15 @@ class Pipeline:
         noise = self.unet(latents, None, prompt_embeds.astype(self.dtype), temb=self._temb)
         return self.scheduler.step(noise, latents)
 
-    def decode(self, latents: mx.array, vae: str = "tiny") -> mx.array:
-        """Latents -> uint8 images, as diffusers' pipeline post-processes them."""
+    def vae_for(self, vae: str = "tiny"):
+        """The VAE module that `decode(..., vae)` uses: `self.vae` ("tiny") or `self.vae_large` ("large")."""
         if vae not in VAE_CHOICES:
             raise MusicvizError(f"vae must be one of {VAE_CHOICES}, not {vae!r}")
-        model = self.vae if vae == "tiny" else self.vae_large
+        return self.vae if vae == "tiny" else self.vae_large
+
+    def decode(self, latents: mx.array, vae: str = "tiny") -> mx.array:
+        """Latents -> uint8 images, as diffusers' pipeline post-processes them."""
+        model = self.vae_for(vae)
         images = model.decode(latents / model.config.scaling_factor)
         return to_uint8(images)
 
