@@ -229,12 +229,13 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
     (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
+    from .convert.checkpoint import DEFAULT_QUANTIZED
     from .pipeline import load_pipeline
 
     if level in DTYPES:
         return load_pipeline(source, dtype=DTYPES[level])
     bits = int(level.removesuffix("bit"))
-    components = ("text_encoder", "unet") + (("vae_large",) if vae == "large" else ())
+    components = tuple(name for name in DEFAULT_QUANTIZED if name != "vae_large" or vae == "large")
     return load_pipeline(source).quantize(bits, group_size, components=components)
 
 
