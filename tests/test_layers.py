@@ -1,4 +1,4 @@
-"""The CPU paths of layers.conv2d (rows of taps, few outputs; float and quantized layers; against
+"""The CPU paths of layers.conv2d (rows of taps, few outputs, Winograd; float and quantized layers; against
 mlx's own convolution), layers.upsample_conv (sub-pixel phases, against the upsampled convolution) and
 layers.GroupNorm (against float64 and PyTorch)."""
 
@@ -42,6 +42,13 @@ def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "few_outputs") < 1e-6
 
 
+@pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 8, 6, 320, 24, True), (2, 4, 10, 264, 9, False),
+                                                (1, 2, 2, 300, 16, True), (3, 6, 4, 512, 40, True)])
+def test_winograd_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "winograd") < 2e-6
+
+
 def test_other_convolutions_take_mlx_path():
     def path(x, c, o, kernel=3, stride=1):
         return conv_path(x, mx.zeros((o, kernel, kernel, c)), stride, kernel // 2)
@@ -51,8 +58,13 @@ def test_other_convolutions_take_mlx_path():
     assert path(x, 64, 64, stride=2) == "mlx"
     assert path(x, 64, 64, kernel=1) == "mlx"
     assert path(mx.zeros((1, 256, 256, 256)), 256, 128) == "rows"  # the KL VAE's 256-channel layers
-    assert path(mx.zeros((1, 256, 256, 320)), 320, 320) == "mlx"
-    assert path(mx.zeros((1, 256, 256, 512)), 512, 256) == "mlx"
+    assert path(mx.zeros((1, 64, 64, 320)), 320, 320) == "winograd"  # the UNet's wider layers
+    assert path(mx.zeros((1, 32, 32, 1920)), 1920, 640) == "winograd"
+    assert path(mx.zeros((1, 16, 16, 1280)), 1280, 1280) == "mlx"  # the kernel's transform would cost more
+    assert path(mx.zeros((4, 16, 16, 1280)), 1280, 1280) == "winograd"  # than a batch of 1 or 2 saves
+    assert path(mx.zeros((1, 33, 32, 320)), 320, 320) == "mlx"  # odd sizes
+    assert path(mx.zeros((1, 64, 64, 320)), 320, 320, stride=2) == "mlx"
+    assert path(mx.zeros((1, 256, 256, 512)), 512, 256) == "winograd"  # the KL VAE's 512-channel layers
     assert path(mx.zeros((1, 64, 64, 64)), 64, 64) == "mlx"
     assert path(mx.zeros((1, 512, 512, 32)), 32, 64) == "rows"
     assert path(mx.zeros((1, 128, 128, 4)), 4, 64) == "mlx"  # the decoders' conv_in at 1024x1024 frames
@@ -66,7 +78,7 @@ def test_other_convolutions_take_mlx_path():
 
 
 @pytest.mark.parametrize("c,o,size,path", [(64, 64, 130, "_rows_of_taps"), (64, 3, 40, "_few_outputs"),
-                                            (320, 4, 16, "_few_outputs")])
+                                            (320, 4, 16, "_few_outputs"), (320, 16, 32, "_winograd")])
 def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, path):
     from mlx_musicviz.models.quantized import QuantizedConv2d
 
