@@ -126,8 +126,9 @@ MAX_CHANNELS = 256  # rows of taps up to this many input channels: wider layers 
 STRIP_ELEMENTS = 1 << 14  # output rows per strip x (W + 2): ~4 MB accumulators at 64 channels
 FEW_OUTPUTS = 8  # at most this many output channels: the one-matmul path
 WINOGRAD_MIN_PIXELS = 32 * 32  # Winograd for wider layers from this many pixels (N * H * W): the kernel's
-#                                transform costs ~2.4 ns a weight each call, the matmuls save ~0.5 FLOP
-#                                in 1 per pixel, so on smaller maps (the UNet's 16x16 at batch 1) it loses
+#                                transform costs ~2 ns a weight on each call whatever the map, the matmuls
+#                                save 20 of 36 products per 2x2 tile, so on small maps (the UNet's 16x16
+#                                at batch 1 and 2) it loses
 
 
 def _pair(value) -> tuple[int, int]:
@@ -268,8 +269,8 @@ def _winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
     output transform is one fused kernel, and the four output phases are interleaved by two stacks.
     The kernel's transform is computed on each call (no second copy of the weights is kept; quantized
     layers unpack first). Measured on a 2-core x86-64 against mlx's convolution: the UNet's layers at
-    batch 1 0.5-0.77x the time (64x64 320->320 52 -> 38 ms, 32x32 1920->640 133 -> 67 ms), relative
-    difference ~6e-7.
+    batch 1 0.6-0.93x the time, 0.73x over the twelve (64x64 320->320 51 -> 38 ms, 32x32 1920->640
+    138 -> 102 ms, of which the kernel's transform 18), relative difference ~5e-7.
     """
     n, h, w, c = x.shape
     o = weight.shape[0]
