@@ -249,8 +249,7 @@ def _winograd_kernel(weight: mx.array) -> list[mx.array]:
     return [columns[b][a] for a in range(4) for b in range(4)]
 
 
-_winograd_columns = mx.compile(_winograd_input_1d)
-_winograd_rows = mx.compile(_winograd_input_1d)
+_winograd_input = mx.compile(_winograd_input_1d)  # one fused kernel for the four outputs
 
 
 @mx.compile
@@ -276,8 +275,8 @@ def _winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
     o = weight.shape[0]
     tiles = n * (h // 2) * (w // 2)
     padded = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    columns = _winograd_columns(*(padded[:, :, j:j + w:2] for j in range(4)))  # [b]: (N, H + 2, W / 2, C)
-    tile_inputs = [_winograd_rows(*(z[:, i:i + h:2] for i in range(4))) for z in columns]  # [b][a]
+    columns = _winograd_input(*(padded[:, :, j:j + w:2] for j in range(4)))  # [b]: (N, H + 2, W / 2, C)
+    tile_inputs = [_winograd_input(*(z[:, i:i + h:2] for i in range(4))) for z in columns]  # [b][a]
     kernels = _winograd_kernel(weight)
     products = [tile_inputs[b][a].reshape(tiles, c) @ kernels[4 * a + b].T for a in range(4) for b in range(4)]
     outputs = _winograd_outputs(*products, bias if bias is not None else mx.zeros((o,), x.dtype))
