@@ -9,6 +9,7 @@ import functools
 import sys
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import MusicvizError
@@ -293,6 +294,11 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
     write_audio(Path(output), samples, rate)
     click.echo(f"{output}: {samples.shape[-1] / rate:.2f} s at {rate} Hz")
 
+
+# The options `bench --quick` replaces with its own values (naming one of them with --quick is an error).
+_QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds")
+
+
 @main.command()
 @click.option("--model", default="random:sdxs-512-0.9", show_default=True, help="Model to time (random:NAME needs no download).")
 @click.option("--size", type=int, default=512, show_default=True)
@@ -312,7 +318,7 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
 @click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True,
               help="The VAE that decodes: SDXS's tiny one, or the model's large (KL) VAE; quantized levels quantize the large one.")
 @click.option("--quick", is_flag=True,
-              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers (--vae applies).")
+              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers (--vae and --group-size apply).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for results.json, results.md and fps.png.")
 @friendly_errors
@@ -335,8 +341,13 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
     except ValueError:
         raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
     if quick:
+        overridden = [f"--{name.replace('_', '-')}" for name in _QUICK_SETS
+                      if click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if overridden:
+            raise click.UsageError(f"--quick sets its own {', '.join(overridden)}: drop "
+                                  f"{'it' if len(overridden) == 1 else 'them'} or drop --quick")
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
-                             render_seconds=2.0, audio=audio, layers=True, vae=vae)
+                             group_size=int(group_size), render_seconds=2.0, audio=audio, layers=True, vae=vae)
     config.check()
     ref = _torch_reference(config) if reference else None
     if reference and ref is None:

@@ -181,6 +181,20 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert Image.open(out / "fps.png").size[0] > 100
 
 
+def test_bench_quick_refuses_the_options_it_would_override(tmp_path):
+    """`--quick` replaces model, size, levels, batches, runs and render length: naming one with it is a
+    usage error, not silently ignored; and a bad level, without --quick, is one line and exit 1."""
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "bench", *args, "--out", str(tmp_path)],
+                              capture_output=True, text=True)
+
+    r = bench("--quick", "--levels", "float32", "--batches", "4")
+    assert r.returncode == 2 and "--quick sets its own --levels, --batches" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())
+    r = bench("--levels", "3bit", "--batches", "1", "--render-seconds", "0", "--no-reference")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown level '3bit'"), r.stderr
+
+
 @pytest.mark.slow
 def test_bench_with_the_large_vae_times_it_on_both_sides():
     """`bench --vae large`: the decode (alone, in the frame, in the layer table) is the large (KL)
