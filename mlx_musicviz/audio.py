@@ -22,11 +22,22 @@ BANDS = {"bass": (20.0, 250.0), "mid": (250.0, 4000.0), "treble": (4000.0, 11025
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
+def check_window(start: float | None, duration: float | None) -> None:
+    """Raise MusicvizError unless start (seconds, >= 0) and duration (seconds, > 0) are valid or None.
+
+    Negative values would otherwise slice from the end of the song, silently."""
+    if start is not None and not (np.isfinite(start) and start >= 0):
+        raise MusicvizError(f"start must be a time in seconds from 0 on, got {start}")
+    if duration is not None and not (np.isfinite(duration) and duration > 0):
+        raise MusicvizError(f"duration must be a positive number of seconds, got {duration}")
+
+
 def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples at `sr` Hz from a path (any format PyAV decodes) or a (samples, rate) pair.
 
     samples may be (n,) or (n, channels) / (channels, n); start and duration are in seconds.
     """
+    check_window(start, duration)
     if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
         samples, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
         if rate <= 0:

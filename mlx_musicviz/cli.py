@@ -97,7 +97,7 @@ def _render_options(fn):
         click.option("--mode", type=click.Choice(["focus", "cumulative"]), default="focus", show_default=True,
                      help="Prompt walk: focus on one note, or blend the top notes."),
         click.option("--batch-size", type=int, default=2, show_default=True),
-        click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better)."),
+        click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
     ]
     for option in reversed(options):

@@ -19,7 +19,7 @@ from .audio import analyze
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .files import check_output_path
-from .video import VideoWriter, soundtrack
+from .video import MAX_CRF, VideoWriter, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
@@ -61,8 +61,12 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times = {}
     if not isinstance(prompt, str) or not prompt.strip():
         raise MusicvizError("the prompt is empty; describe what the video should show")
-    if not fps or fps <= 0:
+    if not fps or fps <= 0 or not np.isfinite(fps):
         raise MusicvizError(f"fps must be positive, got {fps}")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    if not 0 <= crf <= MAX_CRF:
+        raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
     if size <= 0 or size % 64:
         raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512)")
     if batch_size < 1:

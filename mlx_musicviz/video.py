@@ -11,6 +11,7 @@ import numpy as np
 from .files import check_output_path, temporary_beside
 
 AUDIO_RATE = 44100
+MAX_CRF = 51  # libx264's quality scale for 8-bit video: 0 (lossless) to 51
 
 
 class VideoWriter:
@@ -96,8 +97,9 @@ class VideoWriter:
 
 def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.ndarray, int]:
     """(channels, n) float32 samples at the file's own rate (or the given pair's), for the window."""
-    from .audio import decode_file
+    from .audio import check_window, decode_file
 
+    check_window(start, duration)
     if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
         y, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
         y = y[None] if y.ndim == 1 else (y if y.shape[0] < y.shape[1] else y.T)

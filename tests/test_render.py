@@ -11,6 +11,9 @@ import pytest
 from reference import SHARED
 
 from mlx_musicviz import render
+from mlx_musicviz.audio import load_audio
+from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.video import soundtrack
 
 TRUMPET = SHARED / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
 
@@ -117,9 +120,28 @@ def test_output_folder_missing_or_unwritable(tmp_path):
         assert "Traceback" not in r.stderr and not os.path.exists(target)
 
 
-@pytest.mark.parametrize("args,needle", [(["--fps", "0"], "fps"), (["--fps", "-5"], "fps"), (["--size", "100"], "64")])
+@pytest.mark.parametrize("args,needle", [
+    (["--fps", "0"], "fps"), (["--fps", "-5"], "fps"), (["--fps", "nan"], "fps"), (["--size", "100"], "64"),
+    # a negative start or duration would slice from the song's end; crf and seed beyond their ranges
+    # reached libx264 and mlx (a traceback) unchecked
+    (["--start", "-2"], "start must be"), (["--start", "nan"], "start must be"),
+    (["--duration", "-1"], "duration must be"), (["--duration", "0"], "duration must be"),
+    (["--crf", "52"], "crf must be"), (["--crf", "-1"], "crf must be"),
+    (["--seed", "-1"], "seed must be"), (["--seed", str(2**64)], "seed must be"),
+])
 def test_bad_numbers(tmp_path, args, needle):
     _bad(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)
+
+
+def test_audio_window_is_checked_where_the_audio_is_read():
+    """load_audio (the analysis) and soundtrack (the video's audio) refuse the same bad windows."""
+    y = (np.zeros(22050, np.float32), 22050)
+    for start, duration in ((-1.0, None), (None, -0.5), (float("inf"), None), (0.0, 0.0)):
+        for read in (load_audio, soundtrack):
+            with pytest.raises(MusicvizError, match="must be"):
+                read(y, start=start, duration=duration)
+    assert load_audio(y, 22050, start=0.5, duration=0.25)[0].shape == (5512,)
+    assert soundtrack(y, 0.5, 0.25)[0].shape == (1, 5512)
 
 
 def test_empty_prompt(tmp_path):
