@@ -61,8 +61,6 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times = {}
     if not isinstance(prompt, str) or not prompt.strip():
         raise MusicvizError("the prompt is empty; describe what the video should show")
-    if not fps or fps <= 0 or not np.isfinite(fps):
-        raise MusicvizError(f"fps must be positive, got {fps}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
     if not 0 <= crf <= MAX_CRF:
