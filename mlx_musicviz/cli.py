@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .errors import MusicvizError
+from .walkers import GRID_BEATS
 
 
 def friendly_errors(fn):
@@ -99,17 +100,27 @@ def _render_options(fn):
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
+        click.option("--note-prompts", type=click.Path(dir_okay=False), default=None,
+                     help="Text file of the 12 note prompts, C to B, one per line (template: `musicviz-mlx note-prompts`)."),
+        click.option("--section-prompt", "section_prompts", multiple=True,
+                     help="Base prompt for the song's sections in turn, repeated as needed (sections are found in "
+                          "windows of 20 s and more; default: the prompt)."),
+        click.option("--beat-grid", type=click.Choice(sorted(GRID_BEATS, key=GRID_BEATS.get)), default="quarter",
+                     show_default=True, help="The noise moves on every beat, every 2nd or every 4th."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _run_render(song, prompt, output, model, **kw):
+def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, **kw):
     from .pipeline import DEFAULT_MODEL
     from .rendering import render
+    from .walkers import NoiseWalkConfig, read_note_prompts
 
     model = model or DEFAULT_MODEL
+    if note_prompts is not None:
+        note_prompts = read_note_prompts(note_prompts)
     if str(model).startswith("random:"):
         click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
     bar = {}
@@ -129,7 +140,9 @@ def _run_render(song, prompt, output, model, **kw):
         click.echo(f"\r  {done}/{total} frames  {fps:5.2f} fps  {rtf:5.3f}x real time  ETA {eta:6.0f} s", nl=False,
                    err=True)
 
-    result = render(song, prompt, output=output, model=model, progress=progress, **kw)
+    result = render(song, prompt, output=output, model=model, note_prompts=note_prompts,
+                    section_prompts=list(section_prompts) or None, noise=NoiseWalkConfig(grid=beat_grid),
+                    progress=progress, **kw)
     click.echo("", err=True)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
@@ -152,6 +165,8 @@ def render_command(song, prompt, output, model, **kw):
       musicviz-mlx render song.mp3 -p "a coral reef, oil painting"
       musicviz-mlx render song.ogg -p "neon city" --start 30 --duration 20 -o clip.mp4
       musicviz-mlx render song.wav -p "test" --model random:tiny --size 256
+      musicviz-mlx note-prompts -p "neon city" > notes.txt   # edit, then:
+      musicviz-mlx render song.mp3 -p "neon city" --note-prompts notes.txt --beat-grid half
     """
     _run_render(song, prompt, output, model, **kw)
 
@@ -171,6 +186,24 @@ def demo(prompt, output, model, **kw):
     from .rendering import DEMO_AUDIO
 
     _run_render(str(DEMO_AUDIO), prompt, output or "demo.mp4", model, **kw)
+
+
+@main.command(name="note-prompts")
+@click.option("-p", "--prompt", required=True, help="The prompt the 12 note prompts are derived from.")
+@friendly_errors
+def note_prompts_command(prompt):
+    """Print the 12 note prompts `render -p PROMPT` uses, as a file for `render --note-prompts`.
+
+    \b
+    Examples:
+      musicviz-mlx note-prompts -p "a coral reef, oil painting" > notes.txt
+      musicviz-mlx render song.mp3 -p "a coral reef, oil painting" --note-prompts notes.txt
+    """
+    from .walkers import default_note_prompts, note_prompts_text
+
+    if not prompt.strip():
+        raise MusicvizError("the prompt is empty; describe what the video should show")
+    click.echo(note_prompts_text(default_note_prompts(prompt)), nl=False)
 
 
 @main.command()

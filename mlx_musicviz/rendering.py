@@ -71,6 +71,9 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         raise MusicvizError("batch size must be at least 1")
     if note_prompts is not None and len(note_prompts) != 12:
         raise MusicvizError(f"need 12 note prompts (C to B), got {len(note_prompts)}")
+    for kind, given in (("note", note_prompts), ("section", section_prompts)):
+        if given is not None and not all(isinstance(p, str) and p.strip() for p in given):
+            raise MusicvizError(f"a {kind} prompt is empty; every {kind} prompt must describe something")
     if output is None:
         stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
         output = f"{stem}.mp4"
