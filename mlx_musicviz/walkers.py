@@ -8,6 +8,7 @@ the latents and embeddings themselves are made in mlx per batch of frames on dem
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -49,10 +50,8 @@ def read_note_prompts(path) -> list[str]:
     colon (`F#: ...`, as `note_prompts_text` writes); a label that names another note is an error,
     so a line out of order cannot go unnoticed.
     """
-    from pathlib import Path
-
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a byte-order mark would hide the first label
     except (OSError, UnicodeDecodeError) as e:
         raise MusicvizError(f"cannot read note prompts from {path}: {getattr(e, 'strerror', None) or e}") from None
     lines = [line.strip() for line in text.splitlines()]

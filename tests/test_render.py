@@ -206,6 +206,8 @@ def test_note_prompt_file_format(tmp_path):
                          (note_prompts_text(plain).replace("G: prompt 7", "G:  "), "the prompt for G is empty")):
         with pytest.raises(MusicvizError, match=needle):
             read_note_prompts_text(tmp_path, text)
+    (tmp_path / "bom.txt").write_text(note_prompts_text(plain), encoding="utf-8-sig")  # as Windows editors save
+    assert read_note_prompts(tmp_path / "bom.txt") == plain
     (tmp_path / "utf16.txt").write_bytes("\n".join(plain).encode("utf-16"))
     for path in (tmp_path / "utf16.txt", tmp_path / "missing.txt"):
         with pytest.raises(MusicvizError, match="cannot read note prompts"):
