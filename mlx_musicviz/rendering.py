@@ -6,6 +6,7 @@ and the time embedding are encoded once. While PyAV encodes batch i, mlx compute
 
 from __future__ import annotations
 
+import operator
 import os
 import resource
 import time
@@ -37,21 +38,39 @@ class RenderResult:
     warnings: list = field(default_factory=list)
 
 
-def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size: int, seed: int = 0,
+def frame_size(size) -> tuple[int, int]:
+    """(width, height) in pixels of the video's frames from `size`: an int (a square), a (width,
+    height) pair, or a "WIDTHxHEIGHT" string such as "768x448". Both must be multiples of 64 (the
+    UNet halves the 8x-smaller latents three times). Raises MusicvizError otherwise."""
+    parts = size.lower().split("x") if isinstance(size, str) else list(size) if isinstance(size, (tuple, list)) else [size]
+    try:  # operator.index: whole numbers only (numpy's too), no silent rounding of 512.7
+        dims = [int(p) if isinstance(p, str) else operator.index(p) for p in parts * (2 if len(parts) == 1 else 1)]
+    except (TypeError, ValueError):
+        dims = []
+    if len(dims) != 2 or min(dims) <= 0 or dims[0] % 64 or dims[1] % 64:
+        raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512) or WIDTHxHEIGHT in "
+                            "multiples of 64 (e.g. 768x448)")
+    return dims[0], dims[1]
+
+
+def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size, seed: int = 0,
                  noise: NoiseWalkConfig | None = None, mode: str = "focus") -> tuple[NoiseWalker, PromptWalker]:
-    """The noise walk over `size` x `size` images' latents and the prompt walk over `embeds`
-    (the first `n_bases` are base prompts, the rest the 12 note prompts)."""
-    noise_walk = NoiseWalker(features, (size // 8, size // 8, pipe.latent_channels), seed, noise)
+    """The noise walk over the latents of images of `size` (see `frame_size`) and the prompt walk over
+    `embeds` (the first `n_bases` are base prompts, the rest the 12 note prompts)."""
+    width, height = frame_size(size)
+    _, h, w, c = pipe.latent_shape(height, width)
+    noise_walk = NoiseWalker(features, (h, w, c), seed, noise)
     prompt_walk = PromptWalker(features, embeds[:n_bases], embeds[n_bases:], PromptWalkConfig(mode=mode))
     return noise_walk, prompt_walk
 
 
 def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
-           fps: float = 30, seed: int = 0, size: int = 512, start: float | None = None,
+           fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
            vae: str = "tiny", noise: NoiseWalkConfig | None = None, progress=None, pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
+    size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64.
     note_prompts: 12 prompts (C..B); default: the prompt in Scriabin's colour for each note.
     section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
     progress: called as progress(done_frames, total_frames) after every batch.
@@ -65,8 +84,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
     if not 0 <= crf <= MAX_CRF:
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
-    if size <= 0 or size % 64:
-        raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512)")
+    width, height = frame_size(size)
     if batch_size < 1:
         raise MusicvizError("batch size must be at least 1")
     if note_prompts is not None and len(note_prompts) != 12:
@@ -107,7 +125,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
 
     model_time = encode_time = 0.0
     mx.reset_peak_memory()
-    with VideoWriter(output, size, size, fps, crf=crf) as writer:
+    with VideoWriter(output, width, height, fps, crf=crf) as writer:
         samples, rate = soundtrack(audio, start, duration)
         writer.add_audio(samples, rate)
         t = time.perf_counter()

@@ -42,14 +42,17 @@ def test_prompt_embeddings_match(small_checkpoint):
     assert rel_l2(got, expected) <= 1e-4
 
 
-@pytest.mark.parametrize("vae", ["tiny", "large"])
-def test_small_pipeline_matches_diffusers(small_checkpoint, vae):
+@pytest.mark.parametrize("vae,shape", [("tiny", (2, 16, 16, 4)), ("large", (2, 16, 16, 4)),
+                                       # frames wider than tall (render --size 192x128), and taller
+                                       ("tiny", (1, 16, 24, 4)), ("large", (1, 24, 16, 4))])
+def test_small_pipeline_matches_diffusers(small_checkpoint, vae, shape):
     pipe = load_pipeline(small_checkpoint["mlx"])
     assert pipe.scheduler.timestep == 999
-    latents = np.random.default_rng(0).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    latents = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     got = np.array(pipe.generate(mx.array(latents), pipe.encode_prompt([PROMPT]), vae=vae))
     expected = diffusers_images(small_checkpoint["diffusers"], latents, PROMPT, vae_large=vae == "large")
-    assert got.shape == expected.shape and got.shape[0] == 2 and got.dtype == np.uint8
+    assert got.shape == expected.shape and got.shape[0] == shape[0] and got.dtype == np.uint8
+    assert got.shape[1] * shape[2] == got.shape[2] * shape[1]  # the latents' aspect (this large VAE scales by 2)
     frac = pixels_within(got, expected)
     assert frac >= 0.999, f"only {frac:.4%} of pixels within 1/255"
     assert got.std() > 5  # not a flat image

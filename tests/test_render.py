@@ -13,6 +13,7 @@ from reference import SHARED
 from mlx_musicviz import render
 from mlx_musicviz.audio import load_audio
 from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.rendering import frame_size
 from mlx_musicviz.video import soundtrack
 from mlx_musicviz.walkers import default_note_prompts, note_prompts_text, read_note_prompts
 
@@ -123,6 +124,7 @@ def test_output_folder_missing_or_unwritable(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--fps", "0"], "fps"), (["--fps", "-5"], "fps"), (["--fps", "nan"], "fps"), (["--size", "100"], "64"),
+    (["--size", "128x100"], "multiples of 64"), (["--size", "wide"], "WIDTHxHEIGHT"), (["--size", "64x64x64"], "64"),
     # a negative start or duration would slice from the song's end; crf and seed beyond their ranges
     # reached libx264 and mlx (a traceback) unchecked
     (["--start", "-2"], "start must be"), (["--start", "nan"], "start must be"),
@@ -158,6 +160,22 @@ def test_long_prompt_warns(tmp_path):
             "--duration", "1", "-o", str(tmp_path / "long.mp4"))
     assert r.returncode == 0, r.stderr
     assert "truncated" in r.stderr
+
+
+def test_frames_wider_than_tall(tmp_path):
+    """--size WIDTHxHEIGHT: a 2:1 video, frames and stream alike (the model's non-square case is
+    compared with diffusers in test_pipeline)."""
+    r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "128x64", "--fps", "4",
+            "--duration", "2", "-o", str(tmp_path / "wide.mp4"))
+    assert r.returncode == 0, r.stderr
+    with av.open(str(tmp_path / "wide.mp4")) as c:
+        assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (128, 64)
+    frames = _frames(tmp_path / "wide.mp4")
+    assert frames.shape == (8, 64, 128, 3)
+    assert frame_size((192, 64)) == frame_size("192x64") == (192, 64) and frame_size(512) == (512, 512)
+    for bad in (512.5, "64x", (64, 96), None):
+        with pytest.raises(MusicvizError, match="not supported"):
+            frame_size(bad)
 
 
 def _frames(path):
