@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .errors import MusicvizError
-from .walkers import GRID_BEATS
+from .walkers import GRID_BEATS, NoiseWalkConfig
 
 
 def friendly_errors(fn):
@@ -108,16 +108,18 @@ def _render_options(fn):
                           "windows of 20 s and more; default: the prompt)."),
         click.option("--beat-grid", type=click.Choice(sorted(GRID_BEATS, key=GRID_BEATS.get)), default="quarter",
                      show_default=True, help="The noise moves on every beat, every 2nd or every 4th."),
+        click.option("--motion", type=float, default=NoiseWalkConfig.distance, show_default=True,
+                     help="How far the noise moves on a loud beat: the fraction of a full turn, 0 to 1."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, **kw):
+def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, **kw):
     from .pipeline import DEFAULT_MODEL
     from .rendering import render
-    from .walkers import NoiseWalkConfig, read_note_prompts
+    from .walkers import read_note_prompts
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
@@ -142,7 +144,7 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
                    err=True)
 
     result = render(song, prompt, output=output, model=model, note_prompts=note_prompts,
-                    section_prompts=list(section_prompts) or None, noise=NoiseWalkConfig(grid=beat_grid),
+                    section_prompts=list(section_prompts) or None, noise=NoiseWalkConfig(grid=beat_grid, distance=motion),
                     progress=progress, **kw)
     click.echo("", err=True)
     for w in result.warnings:

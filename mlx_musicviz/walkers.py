@@ -94,6 +94,8 @@ def angle_schedule(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarr
     """θ_k (radians) per video frame: eased steps on the beat grid, powered by percussion."""
     if config.grid not in GRID_BEATS:
         raise MusicvizError(f"grid must be one of {', '.join(GRID_BEATS)}")
+    if not 0 <= config.distance <= 1:  # NaN too
+        raise MusicvizError(f"motion must be from 0 (still) to 1 (a full turn a step), got {config.distance}")
     n = features.n_frames
     times = features.times
     marks = np.asarray(features.beat_times, dtype=np.float64)

@@ -124,7 +124,8 @@ def test_output_folder_missing_or_unwritable(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--fps", "0"], "fps"), (["--fps", "-5"], "fps"), (["--fps", "nan"], "fps"), (["--size", "100"], "64"),
-    (["--size", "128x100"], "multiples of 64"), (["--size", "wide"], "WIDTHxHEIGHT"), (["--size", "64x64x64"], "64"),
+    (["--size", "128x100"], "multiples of 64"), (["--size", "wide"], "WIDTHxHEIGHT"), (["--size", "64x64x64"], "64"), (["--motion", "1.5"], "motion must be"),
+    (["--motion", "nan"], "motion must be"),
     # a negative start or duration would slice from the song's end; crf and seed beyond their ranges
     # reached libx264 and mlx (a traceback) unchecked
     (["--start", "-2"], "start must be"), (["--start", "nan"], "start must be"),
@@ -185,7 +186,7 @@ def _frames(path):
 
 def test_note_prompt_file(tmp_path):
     """`note-prompts` writes the prompts render derives; render reads them back with --note-prompts
-    (same video), and an edited file, or another beat grid, changes the video."""
+    (same video), and an edited file, another beat grid or less motion changes the video."""
     made = cli("note-prompts", "-p", "a trumpet in neon light")
     assert made.returncode == 0, made.stderr
     assert read_note_prompts_text(tmp_path, made.stdout) == default_note_prompts("a trumpet in neon light")
@@ -194,14 +195,15 @@ def test_note_prompt_file(tmp_path):
     common = [str(TRUMPET), "-p", "a trumpet in neon light", "--model", "random:tiny", "--size", "64", "--fps", "6",
               "--duration", "3"]
     runs = {"plain": [], "file": ["--note-prompts", str(tmp_path / "notes.txt")],
-            "edited": ["--note-prompts", str(tmp_path / "edited.txt")], "whole": ["--beat-grid", "whole"]}
+            "edited": ["--note-prompts", str(tmp_path / "edited.txt")], "whole": ["--beat-grid", "whole"],
+            "calm": ["--motion", "0.05"]}
     frames = {}
     for name, extra in runs.items():
         r = cli("render", *common, *extra, "-o", str(tmp_path / f"{name}.mp4"))
         assert r.returncode == 0, r.stderr
         frames[name] = _frames(tmp_path / f"{name}.mp4").astype(float)
     assert np.array_equal(frames["plain"], frames["file"])
-    for changed in ("edited", "whole"):  # random weights saturate the pixels: small but certain differences
+    for changed in ("edited", "whole", "calm"):  # random weights saturate the pixels: small but certain differences
         per_frame = np.abs(frames["plain"] - frames[changed]).mean(axis=(1, 2, 3))
         assert (per_frame > 0.1).mean() > 0.5, per_frame  # measured: 0.4-1.1 in every frame
 
