@@ -84,7 +84,26 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
     click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size})" if bits else ""))
 
 
+def _options(fn, options):
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _walk_options(fn):
+    """The walks' options, shared by render and analyze (whose chart draws the walks)."""
+    return _options(fn, [
+        click.option("--mode", type=click.Choice(["focus", "cumulative"]), default="focus", show_default=True,
+                     help="Prompt walk: focus on one note, or blend the top notes."),
+        click.option("--beat-grid", type=click.Choice(sorted(GRID_BEATS, key=GRID_BEATS.get)), default="quarter",
+                     show_default=True, help="The noise moves on every beat, every 2nd or every 4th."),
+        click.option("--motion", type=float, default=NoiseWalkConfig.distance, show_default=True,
+                     help="How far the noise moves on a loud beat: the fraction of a full turn, 0 to 1."),
+    ])
+
+
 def _render_options(fn):
+    fn = _walk_options(fn)
     options = [
         click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
                      help="Output .mp4 (default: <song name>.mp4)."),
@@ -96,8 +115,6 @@ def _render_options(fn):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
         click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
-        click.option("--mode", type=click.Choice(["focus", "cumulative"]), default="focus", show_default=True,
-                     help="Prompt walk: focus on one note, or blend the top notes."),
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
@@ -106,14 +123,8 @@ def _render_options(fn):
         click.option("--section-prompt", "section_prompts", multiple=True,
                      help="Base prompt for the song's sections in turn, repeated as needed (sections are found in "
                           "windows of 20 s and more; default: the prompt)."),
-        click.option("--beat-grid", type=click.Choice(sorted(GRID_BEATS, key=GRID_BEATS.get)), default="quarter",
-                     show_default=True, help="The noise moves on every beat, every 2nd or every 4th."),
-        click.option("--motion", type=float, default=NoiseWalkConfig.distance, show_default=True,
-                     help="How far the noise moves on a loud beat: the fraction of a full turn, 0 to 1."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _options(fn, options)
 
 
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, **kw):
@@ -216,16 +227,21 @@ def note_prompts_command(prompt):
 @click.option("--duration", type=float, default=None)
 @click.option("--out", "chart", type=click.Path(), default=None,
               help="Also draw the features and both walks into this PNG.")
+@_walk_options
 @friendly_errors
-def analyze(song, fps, start, duration, chart):
+def analyze(song, fps, start, duration, chart, mode, beat_grid, motion):
     """Print what the video will follow: tempo, beats, onsets, sections (and chart it with --out).
 
     \b
     Examples:
       musicviz-mlx analyze song.mp3 --fps 30
       musicviz-mlx analyze song.mp3 --out features.png
+      musicviz-mlx analyze song.mp3 --out features.png --beat-grid half --motion 0.1
     """
     from .audio import analyze as run
+    from .walkers import PromptWalkConfig
+
+    noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
 
     f = run(song, fps=fps, start=start, duration=duration)
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, tempo {f.tempo:.1f} BPM, "
@@ -234,7 +250,7 @@ def analyze(song, fps, start, duration, chart):
     if chart:
         from .charts import features_chart
 
-        click.echo(f"chart: {features_chart(f, chart)}")
+        click.echo(f"chart: {features_chart(f, chart, noise=noise, prompt=PromptWalkConfig(mode=mode))}")
 
 
 def _torch_reference(config):

@@ -89,13 +89,20 @@ class NoiseWalkConfig:
     regional_strength: float = 0.35  # radians at full band energy
     fallback_step: float = 2.0  # seconds between steps when no beat (and no onset) is found
 
+    def __post_init__(self):
+        self.check()  # at once, before the audio analysis: the CLI's options arrive here
+
+    def check(self) -> None:
+        """Raise MusicvizError for a grid or distance the walk cannot take."""
+        if self.grid not in GRID_BEATS:
+            raise MusicvizError(f"grid must be one of {', '.join(GRID_BEATS)}")
+        if not 0 <= self.distance <= 1:  # NaN too
+            raise MusicvizError(f"motion must be from 0 (still) to 1 (a full turn a step), got {self.distance}")
+
 
 def angle_schedule(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarray:
     """θ_k (radians) per video frame: eased steps on the beat grid, powered by percussion."""
-    if config.grid not in GRID_BEATS:
-        raise MusicvizError(f"grid must be one of {', '.join(GRID_BEATS)}")
-    if not 0 <= config.distance <= 1:  # NaN too
-        raise MusicvizError(f"motion must be from 0 (still) to 1 (a full turn a step), got {config.distance}")
+    config.check()
     n = features.n_frames
     times = features.times
     marks = np.asarray(features.beat_times, dtype=np.float64)

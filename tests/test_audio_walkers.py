@@ -157,3 +157,11 @@ def test_analyze_cli_draws_the_features_chart(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(tmp_path / "x.jpg")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    # the chart draws the walks that render's options would make
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(tmp_path / "calm.png"),
+                        "--beat-grid", "whole", "--motion", "0.05"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "calm.png")), np.asarray(image))
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--motion", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: motion must be") and r.stdout == ""  # before the analysis
