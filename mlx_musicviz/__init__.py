@@ -18,6 +18,7 @@ _LAZY = {
     "AudioFeatures": ".audio",
     "render": ".rendering",
     "RenderResult": ".rendering",
+    "preview": ".stills",
 }
 
 

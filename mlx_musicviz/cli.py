@@ -127,6 +127,11 @@ def _render_options(fn):
     return _options(fn, options)
 
 
+def _warn_random(model) -> None:
+    if str(model).startswith("random:"):
+        click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
+
+
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, **kw):
     from .pipeline import DEFAULT_MODEL
     from .rendering import render
@@ -135,8 +140,7 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
-    if str(model).startswith("random:"):
-        click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
+    _warn_random(model)
     bar = {}
 
     def progress(done, total):
@@ -200,6 +204,45 @@ def demo(prompt, output, model, **kw):
     from .rendering import DEMO_AUDIO
 
     _run_render(str(DEMO_AUDIO), prompt, output or "demo.mp4", model, **kw)
+
+
+@main.command()
+@click.option("-p", "--prompt", required=True, help="What the video shows.")
+@click.option("-o", "--output", type=click.Path(dir_okay=True), default="preview.png", show_default=True,
+              help="Output image (.png, .jpg, ...).")
+@click.option("--notes", is_flag=True, help="A sheet of the prompt and its 12 note prompts (13 images).")
+@click.option("--note-prompts", type=click.Path(dir_okay=False), default=None,
+              help="The 12 note prompts from this file (implies --notes).")
+@click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9", help="As for render.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", default="512", show_default=True, help="512 (square) or WIDTHxHEIGHT; multiples of 64.")
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True)
+@friendly_errors
+def preview(prompt, output, notes, note_prompts, model, **kw):
+    """Stills of PROMPT before a long render, from the noise where the video's walk starts (same seed
+    and size); with --notes a captioned sheet of the prompt and the 12 note prompts the video walks to.
+
+    \b
+    Examples:
+      musicviz-mlx preview -p "a coral reef, oil painting"
+      musicviz-mlx preview -p "neon city" --notes -o sheet.jpg --size 256
+      musicviz-mlx preview -p "neon city" --note-prompts notes.txt -o sheet.png
+    """
+    import time
+
+    from .pipeline import DEFAULT_MODEL
+    from .stills import preview as run
+    from .walkers import read_note_prompts
+
+    model = model or DEFAULT_MODEL
+    if note_prompts is not None:
+        note_prompts = read_note_prompts(note_prompts)
+    _warn_random(model)
+    t = time.perf_counter()
+    path = run(prompt, output, notes=notes, note_prompts=note_prompts, model=model, **kw)
+    count = 13 if notes or note_prompts is not None else 1
+    click.echo(f"wrote {path}: {count} image{'s' if count > 1 else ''} in {time.perf_counter() - t:.1f} s")
 
 
 @main.command(name="note-prompts")

@@ -53,6 +53,23 @@ def frame_size(size) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
+def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:
+    """Check what render and preview share; return the frames' (width, height). Raises MusicvizError."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise MusicvizError("the prompt is empty; describe what the video should show")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    size = frame_size(size)
+    if batch_size < 1:
+        raise MusicvizError("batch size must be at least 1")
+    if note_prompts is not None and len(note_prompts) != 12:
+        raise MusicvizError(f"need 12 note prompts (C to B), got {len(note_prompts)}")
+    for kind, given in (("note", note_prompts), ("section", section_prompts)):
+        if given is not None and not all(isinstance(p, str) and p.strip() for p in given):
+            raise MusicvizError(f"a {kind} prompt is empty; every {kind} prompt must describe something")
+    return size
+
+
 def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size, seed: int = 0,
                  noise: NoiseWalkConfig | None = None, mode: str = "focus") -> tuple[NoiseWalker, PromptWalker]:
     """The noise walk over the latents of images of `size` (see `frame_size`) and the prompt walk over
@@ -78,20 +95,9 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     """
     t0 = time.perf_counter()
     times = {}
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise MusicvizError("the prompt is empty; describe what the video should show")
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
     if not 0 <= crf <= MAX_CRF:
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
-    width, height = frame_size(size)
-    if batch_size < 1:
-        raise MusicvizError("batch size must be at least 1")
-    if note_prompts is not None and len(note_prompts) != 12:
-        raise MusicvizError(f"need 12 note prompts (C to B), got {len(note_prompts)}")
-    for kind, given in (("note", note_prompts), ("section", section_prompts)):
-        if given is not None and not all(isinstance(p, str) and p.strip() for p in given):
-            raise MusicvizError(f"a {kind} prompt is empty; every {kind} prompt must describe something")
     if output is None:
         stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
         output = f"{stem}.mp4"

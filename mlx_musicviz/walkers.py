@@ -144,12 +144,8 @@ class NoiseWalker:
                  config: NoiseWalkConfig | None = None):
         self.config = config or NoiseWalkConfig()
         self.features = features
-        h, w, c = shape
-        k1, k2 = mx.random.split(mx.random.key(seed))
-        n1 = _standardize(mx.random.normal((1, h, w, c), key=k1))
-        n2 = mx.random.normal((1, h, w, c), key=k2)
-        n2 = n2 - (n2 * n1).sum() / (n1 * n1).sum() * n1
-        self.n1, self.n2 = n1, _standardize(n2)
+        h = shape[0]
+        self.n1, self.n2 = circle_noise(shape, seed)
         self.theta = angle_schedule(features, self.config)
         # Vertical masks (top, middle, bottom) in latent rows; they sum to 1 at every row.
         rows = np.linspace(0.0, 1.0, h)
@@ -173,6 +169,16 @@ class NoiseWalker:
         """(len(frames), h, w, c) float32 latents for these video frames."""
         a = mx.array(self.angles(frames).astype(np.float32))[:, :, None, None]
         return _standardize(mx.cos(a) * self.n1 + mx.sin(a) * self.n2)
+
+
+def circle_noise(shape: tuple[int, int, int], seed: int = 0) -> tuple[mx.array, mx.array]:
+    """The noise walk's two orthogonal, standardized (1, h, w, c) latents for `seed`: the walk at
+    angle θ is cos θ · n1 + sin θ · n2, so n1 is where its circle starts."""
+    k1, k2 = mx.random.split(mx.random.key(seed))
+    n1 = _standardize(mx.random.normal((1, *shape), key=k1))
+    n2 = mx.random.normal((1, *shape), key=k2)
+    n2 = n2 - (n2 * n1).sum() / (n1 * n1).sum() * n1
+    return n1, _standardize(n2)
 
 
 def slerp(a: mx.array, b: mx.array, t: mx.array) -> mx.array:

@@ -257,7 +257,7 @@ def test_interrupt_leaves_no_file(tmp_path):
 
 def test_cli_help_and_version():
     for args in (["--help"], ["render", "--help"], ["convert", "--help"], ["demo", "--help"], ["note-prompts", "--help"],
-                 ["--version"]):
+                 ["preview", "--help"], ["--version"]):
         r = cli(*args)
         assert r.returncode == 0
     assert "Examples" in cli("render", "--help").stdout
