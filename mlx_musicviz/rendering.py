@@ -42,7 +42,10 @@ def frame_size(size) -> tuple[int, int]:
     """(width, height) in pixels of the video's frames from `size`: an int (a square), a (width,
     height) pair, or a "WIDTHxHEIGHT" string such as "768x448". Both must be multiples of 64 (the
     UNet halves the 8x-smaller latents three times). Raises MusicvizError otherwise."""
-    parts = size.lower().split("x") if isinstance(size, str) else list(size) if isinstance(size, (tuple, list)) else [size]
+    if isinstance(size, str):
+        parts = size.lower().split("x")
+    else:
+        parts = list(size) if isinstance(size, (tuple, list)) else [size]
     try:  # operator.index: whole numbers only (numpy's too), no silent rounding of 512.7
         dims = [int(p) if isinstance(p, str) else operator.index(p) for p in parts * (2 if len(parts) == 1 else 1)]
     except (TypeError, ValueError):

@@ -54,13 +54,13 @@ def contact_sheet(images: np.ndarray, labels: list[str]):
 
 def _fit(draw, label: str, width: float) -> str:
     """`label` cut in the middle to fit `width` pixels: the head names the note, and the tail is where
-    note prompts differ ("C: a city, fiery red hues" -> "C: a c…fiery red hues")."""
+    note prompts differ ("C: a city, fiery red hues" -> "C: ...y, fiery red hues")."""
     if draw.textlength(label) <= width:
         return label
     head, _, rest = label.partition(": ")
     head += ": "
     for keep in range(len(rest) - 1, 0, -1):
-        cut = head + "…" + rest[-keep:]
+        cut = head + "..." + rest[-keep:]
         if draw.textlength(cut) <= width:
             return cut
     return head.strip()
