@@ -256,10 +256,10 @@ def note_prompts_command(prompt):
       musicviz-mlx note-prompts -p "a coral reef, oil painting" > notes.txt
       musicviz-mlx render song.mp3 -p "a coral reef, oil painting" --note-prompts notes.txt
     """
+    from .rendering import check_prompt
     from .walkers import default_note_prompts, note_prompts_text
 
-    if not prompt.strip():
-        raise MusicvizError("the prompt is empty; describe what the video should show")
+    check_prompt(prompt)
     click.echo(note_prompts_text(default_note_prompts(prompt)), nl=False)
 
 

@@ -56,10 +56,15 @@ def frame_size(size) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
-def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:
-    """Check what render and preview share; return the frames' (width, height). Raises MusicvizError."""
+def check_prompt(prompt) -> None:
+    """Raise MusicvizError unless `prompt` is a string with something in it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise MusicvizError("the prompt is empty; describe what the video should show")
+
+
+def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:
+    """Check what render and preview share; return the frames' (width, height). Raises MusicvizError."""
+    check_prompt(prompt)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
     size = frame_size(size)
