@@ -102,29 +102,35 @@ def _walk_options(fn):
     ])
 
 
-def _render_options(fn):
-    fn = _walk_options(fn)
-    options = [
-        click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
-                     help="Output .mp4 (default: <song name>.mp4)."),
+def _image_options(fn):
+    """What render and preview share: the model, the frames' size and noise seed, the batch, the VAE and
+    the note prompts."""
+    return _options(fn, [
         click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9",
                      help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, ...)."),
-        click.option("--fps", type=float, default=30, show_default=True),
         click.option("--size", default="512", show_default=True,
                      help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64."),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
-        click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
         click.option("--batch-size", type=int, default=2, show_default=True),
-        click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
         click.option("--note-prompts", type=click.Path(dir_okay=False), default=None,
                      help="Text file of the 12 note prompts, C to B, one per line (template: `musicviz-mlx note-prompts`)."),
+    ])
+
+
+def _render_options(fn):
+    fn = _walk_options(_image_options(fn))
+    return _options(fn, [
+        click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
+                     help="Output .mp4 (default: <song name>.mp4)."),
+        click.option("--fps", type=float, default=30, show_default=True),
+        click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
+        click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
+        click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
         click.option("--section-prompt", "section_prompts", multiple=True,
                      help="Base prompt for the song's sections in turn, repeated as needed (sections are found in "
                           "windows of 20 s and more; default: the prompt)."),
-    ]
-    return _options(fn, options)
+    ])
 
 
 def _warn_random(model) -> None:
@@ -210,14 +216,8 @@ def demo(prompt, output, model, **kw):
 @click.option("-p", "--prompt", required=True, help="What the video shows.")
 @click.option("-o", "--output", type=click.Path(dir_okay=True), default="preview.png", show_default=True,
               help="Output image (.png, .jpg, ...).")
-@click.option("--notes", is_flag=True, help="A sheet of the prompt and its 12 note prompts (13 images).")
-@click.option("--note-prompts", type=click.Path(dir_okay=False), default=None,
-              help="The 12 note prompts from this file (implies --notes).")
-@click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9", help="As for render.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", default="512", show_default=True, help="512 (square) or WIDTHxHEIGHT; multiples of 64.")
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True)
+@click.option("--notes", is_flag=True, help="A sheet of the prompt and its 12 note prompts (13 images; so does --note-prompts).")
+@_image_options
 @friendly_errors
 def preview(prompt, output, notes, note_prompts, model, **kw):
     """Stills of PROMPT before a long render, from the noise where the video's walk starts (same seed

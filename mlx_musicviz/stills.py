@@ -16,7 +16,7 @@ from .audio import NOTE_NAMES
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 from .pipeline import DEFAULT_MODEL, load_pipeline
-from .rendering import check_inputs
+from .rendering import check_inputs, frame_size
 from .walkers import circle_noise, default_note_prompts
 
 SHEET_COLUMNS = 4
@@ -25,8 +25,9 @@ LABEL_HEIGHT = 24  # pixels of caption under each tile of a sheet
 
 def preview_images(pipe, prompts: list[str], size, seed: int = 0, batch_size: int = 2,
                    vae: str = "tiny") -> np.ndarray:
-    """uint8 (len(prompts), height, width, 3): each prompt from the noise walk's starting latents."""
-    width, height = check_inputs(prompts[0], seed, size, batch_size)
+    """uint8 (len(prompts), height, width, 3): each prompt from the noise walk's starting latents
+    (inputs as `preview` checks them)."""
+    width, height = frame_size(size)
     start, _ = circle_noise(pipe.latent_shape(height, width)[1:], seed)
     embeds = pipe.encode_prompt(prompts)
     images = []
