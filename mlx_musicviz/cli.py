@@ -127,6 +127,9 @@ def _render_options(fn):
         click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
         click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
         click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
+        click.option("--cadence", type=int, default=1, show_default=True,
+                     help="Run the UNet on every Nth frame only and blend the latents between: N times fewer UNet "
+                          "calls (each frame still gets a VAE decode); smoother motion, softer beats."),
         click.option("--section-prompt", "section_prompts", multiple=True,
                      help="Base prompt for the song's sections in turn, repeated as needed (sections are found in "
                           "windows of 20 s and more; default: the prompt)."),
@@ -171,7 +174,8 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     t = result.times
-    click.echo(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps ({result.duration:.1f} s); "
+    keyframes = f", {result.keyframes} of them generated" if result.keyframes < result.frames else ""
+    click.echo(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps ({result.duration:.1f} s{keyframes}); "
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")
 
@@ -189,6 +193,7 @@ def render_command(song, prompt, output, model, **kw):
       musicviz-mlx render song.mp3 -p "a coral reef, oil painting"
       musicviz-mlx render song.ogg -p "neon city" --start 30 --duration 20 -o clip.mp4
       musicviz-mlx render song.wav -p "test" --model random:tiny --size 256
+      musicviz-mlx render song.mp3 -p "neon city" --cadence 3     # UNet on every 3rd frame
       musicviz-mlx note-prompts -p "neon city" > notes.txt   # edit, then:
       musicviz-mlx render song.mp3 -p "neon city" --note-prompts notes.txt --beat-grid half
     """

@@ -1,7 +1,8 @@
 """`render(audio, prompt)`: song + prompt -> MP4, streaming frames in batches with bounded memory.
 
-Per frame the model cost is one UNet call and one VAE decode; the 13 prompts (base + 12 notes)
-and the time embedding are encoded once. While PyAV encodes batch i, mlx computes batch i+1.
+Per frame the model cost is one UNet call and one VAE decode (with a cadence of N, one UNet call
+every N frames); the 13 prompts (base + 12 notes) and the time embedding are encoded once. While
+PyAV encodes batch i, mlx computes batch i+1.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RenderResult:
     peak_memory: int = 0  # bytes: mlx peak memory during the frame loop
     peak_rss: int = 0  # bytes: the process's peak resident size (whole run)
     warnings: list = field(default_factory=list)
+    keyframes: int = 0  # frames the UNet generated (all of them unless cadence > 1)
 
 
 def frame_size(size) -> tuple[int, int]:
@@ -89,15 +91,59 @@ def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size, seed: int
     return noise_walk, prompt_walk
 
 
+def keyframe_indices(n_frames: int, cadence: int = 1) -> np.ndarray:
+    """The frames the UNet generates when it runs on every `cadence`-th frame: 0, cadence,
+    2 * cadence, ... and always the last one, so that every other frame lies between two keyframes."""
+    keys = np.arange(0, n_frames, cadence)
+    if n_frames and keys[-1] != n_frames - 1:
+        keys = np.append(keys, n_frames - 1)
+    return keys
+
+
+def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n_frames: int, batch_size: int,
+                     cadence: int = 1):
+    """Yield (frames, latents), in frame order and at most `batch_size` frames at a time: the one-step
+    latents of every frame, as lazy mlx arrays for the VAE to decode.
+
+    With cadence N > 1 the UNet runs on the keyframes only (`keyframe_indices`, batch_size keyframes a
+    call), and frame f between keyframes a < f < b gets (1 - t) * x0[a] + t * x0[b], t = (f - a) / (b - a):
+    N times fewer UNet calls, and the motion between keyframes becomes linear. Only one batch of
+    keyframes is held at a time.
+    """
+    keys = keyframe_indices(n_frames, cadence)
+    prev_key = prev_x0 = None
+    for i in range(0, len(keys), batch_size):
+        batch = keys[i:i + batch_size]
+        x0 = pipe.denoise(noise_walk.latents(batch), prompt_walk.embeddings(batch))
+        if cadence == 1:
+            yield batch, x0
+            continue
+        known = batch if prev_key is None else np.concatenate([[prev_key], batch])
+        known_x0 = x0 if prev_x0 is None else mx.concatenate([prev_x0, x0])
+        first = 0 if prev_key is None else prev_key + 1
+        for j in range(first, int(batch[-1]) + 1, batch_size):
+            frames = np.arange(j, min(j + batch_size, int(batch[-1]) + 1))
+            a = np.searchsorted(known, frames, side="right") - 1  # the keyframe at or before each frame
+            b = np.minimum(a + 1, len(known) - 1)
+            span = np.maximum(known[b] - known[a], 1)
+            t = mx.array(((frames - known[a]) / span).astype(np.float32))[:, None, None, None].astype(x0.dtype)
+            # At a keyframe t = 0 and the sum is exactly its own x0.
+            yield frames, (1 - t) * known_x0[mx.array(a)] + t * known_x0[mx.array(b)]
+        prev_key, prev_x0 = int(batch[-1]), x0[-1:]
+
+
 def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
-           vae: str = "tiny", noise: NoiseWalkConfig | None = None, progress=None, pipeline=None) -> RenderResult:
+           vae: str = "tiny", noise: NoiseWalkConfig | None = None, cadence: int = 1, progress=None,
+           pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
     size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64.
     note_prompts: 12 prompts (C..B); default: the prompt in Scriabin's colour for each note.
     section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
+    cadence: run the UNet on every `cadence`-th frame only and blend the latents between (see
+        `denoised_latents`): about `cadence` times fewer UNet calls, for smoother, slower motion.
     progress: called as progress(done_frames, total_frames) after every batch.
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`.
     """
@@ -106,6 +152,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
     if not 0 <= crf <= MAX_CRF:
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
+    if not isinstance(cadence, (int, np.integer)) or cadence < 1:
+        raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
     if output is None:
         stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
         output = f"{stem}.mp4"
@@ -132,10 +180,17 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times["prompts"] = time.perf_counter() - t
 
     n = features.n_frames
-    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    chunks = denoised_latents(pipe, noise_walk, prompt_walk, n, batch_size, cadence)
 
-    def frames_of(batch):
-        return pipe.generate(noise_walk.latents(batch), prompt_walk.embeddings(batch), vae=vae)
+    def next_images():
+        """Queue the next chunk's decode (mlx computes it while PyAV encodes the current one)."""
+        chunk = next(chunks, None)
+        if chunk is None:
+            return None
+        frames, latents = chunk
+        images = pipe.decode(latents, vae)
+        mx.async_eval(images)
+        return frames, images
 
     model_time = encode_time = 0.0
     mx.reset_peak_memory()
@@ -143,13 +198,10 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         samples, rate = soundtrack(audio, start, duration)
         writer.add_audio(samples, rate)
         t = time.perf_counter()
-        pending = frames_of(batches[0])
-        mx.async_eval(pending)
-        for i in range(len(batches)):
-            current = pending
-            if i + 1 < len(batches):  # queue the next batch before encoding this one
-                pending = frames_of(batches[i + 1])
-                mx.async_eval(pending)
+        pending = next_images()
+        while pending is not None:
+            frames, current = pending
+            pending = next_images()
             t_wait = time.perf_counter()
             images = np.array(current)
             model_time += time.perf_counter() - t_wait
@@ -157,7 +209,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
             writer.write(images)
             encode_time += time.perf_counter() - t_enc
             if progress is not None:
-                progress(int(batches[i][-1]) + 1, n)
+                progress(int(frames[-1]) + 1, n)
         loop = time.perf_counter() - t
         result_path = writer.close()
     times["model"] = loop - encode_time
@@ -167,4 +219,5 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         output=result_path, frames=n, fps=float(fps), duration=features.duration, times=times,
         peak_memory=int(mx.get_peak_memory()),
         peak_rss=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, warnings=warnings,
+        keyframes=len(keyframe_indices(n, cadence)),
     )

@@ -132,6 +132,7 @@ def test_output_folder_missing_or_unwritable(tmp_path):
     (["--duration", "-1"], "duration must be"), (["--duration", "0"], "duration must be"),
     (["--crf", "52"], "crf must be"), (["--crf", "-1"], "crf must be"),
     (["--seed", "-1"], "seed must be"), (["--seed", str(2**64)], "seed must be"),
+    (["--cadence", "0"], "cadence must be"),
 ])
 def test_bad_numbers(tmp_path, args, needle):
     _bad(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)
@@ -292,11 +293,12 @@ def test_video_frames_follow_the_beat_walk(tmp_path):
         y[i:i + 400] += np.random.default_rng(int(t * 100)).standard_normal(400).astype(np.float32) * np.hanning(400)
     pipe = Pipeline.random("tiny")
 
-    def pass_through(latents, prompt_embeds, vae="tiny"):
+    def pass_through(latents, vae="tiny"):
         rgb = mx.repeat(mx.repeat(latents[..., :3], 8, axis=1), 8, axis=2)
         return to_uint8(mx.clip(rgb * 0.3, -1, 1))
 
-    pipe.generate = pass_through
+    pipe.denoise = lambda latents, prompt_embeds: latents
+    pipe.decode = pass_through
     walk = NoiseWalkConfig(regional=False)
     result = render((y, sr), "x", output=tmp_path / "walk.mp4", pipeline=pipe, size=64, fps=fps, noise=walk, crf=4)
     with av.open(str(result.output)) as c:
@@ -334,3 +336,60 @@ def test_outputs_get_the_mode_of_a_plain_open(tmp_path):
         writer.write(np.zeros((2, 64, 64, 3), np.uint8))
         writer.close()
     assert os.stat(tmp_path / "v.mp4").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777
+
+
+def test_keyframe_indices():
+    from mlx_musicviz.rendering import keyframe_indices
+
+    assert keyframe_indices(10, 3).tolist() == [0, 3, 6, 9]
+    assert keyframe_indices(11, 3).tolist() == [0, 3, 6, 9, 10]  # the last frame is always generated
+    assert keyframe_indices(5, 1).tolist() == [0, 1, 2, 3, 4]
+    assert keyframe_indices(1, 4).tolist() == [0]
+    assert keyframe_indices(3, 8).tolist() == [0, 2]
+
+
+def test_cadence_runs_the_unet_on_keyframes_and_blends_between(tmp_path):
+    """Cadence 3: the UNet sees only the keyframes (in batches), a keyframe's latents are those of
+    the every-frame walk, the frames between are the linear blend of their two keyframes, and the
+    video still has every frame."""
+    from mlx_musicviz import analyze
+    from mlx_musicviz.pipeline import Pipeline
+    from mlx_musicviz.rendering import denoised_latents, keyframe_indices, make_walkers
+
+    sr, fps = 22050, 12
+    y = (0.2 * np.sin(2 * np.pi * 440 * np.arange(sr * 2) / sr)).astype(np.float32)
+    features = analyze((y, sr), fps=fps)
+    n = features.n_frames
+    pipe = Pipeline.random("tiny")
+    embeds = pipe.encode_prompt(["a", *default_note_prompts("a")])
+    noise_walk, prompt_walk = make_walkers(features, pipe, embeds, 1, 64)
+    unet_frames = []
+    denoise = pipe.denoise
+
+    def counting_denoise(latents, prompt_embeds):
+        unet_frames.append(latents.shape[0])
+        return denoise(latents, prompt_embeds)
+
+    pipe.denoise = counting_denoise
+    every = {int(f): x for frames, lat in denoised_latents(pipe, noise_walk, prompt_walk, n, 2)
+             for f, x in zip(frames, np.array(lat))}
+    unet_frames.clear()
+    chunks = [(frames, np.array(lat)) for frames, lat in denoised_latents(pipe, noise_walk, prompt_walk, n, 2, 3)]
+    keys = keyframe_indices(n, 3)
+    assert unet_frames == [2] * (len(keys) // 2) + [1] * (len(keys) % 2)
+    assert all(len(frames) <= 2 for frames, _ in chunks)  # the VAE's batches stay at batch_size
+    got = {int(f): x for frames, lat in chunks for f, x in zip(frames, lat)}
+    assert sorted(got) == list(range(n))
+    for k in keys:  # batch composition differs from the every-frame run: BLAS rounding only
+        assert np.linalg.norm(got[k] - every[k]) <= 1e-5 * np.linalg.norm(every[k])
+    for a, b in zip(keys[:-1], keys[1:]):
+        for f in range(a + 1, b):
+            t = np.float32((f - a) / (b - a))
+            np.testing.assert_allclose(got[f], (1 - t) * got[a] + t * got[b], rtol=0, atol=1e-6)
+        assert np.abs(got[a + 1] - got[a]).mean() > 0  # a blend, not a copy of the keyframe
+
+    unet_frames.clear()
+    result = render((y, sr), "a", output=tmp_path / "c.mp4", pipeline=pipe, size=64, fps=fps, cadence=3)
+    assert (result.frames, result.keyframes, sum(unet_frames)) == (n, len(keys), len(keys))
+    with av.open(str(result.output)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == n
