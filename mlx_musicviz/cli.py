@@ -16,6 +16,11 @@ from .errors import MusicvizError
 from .walkers import GRID_BEATS, NoiseWalkConfig
 
 
+def _with_notes(error: BaseException, text: str | None = None) -> str:
+    """The error's message (or `text`) and its notes (such as where a render's kept frames are), one line."""
+    return "; ".join([text if text is not None else str(error), *getattr(error, "__notes__", [])])
+
+
 def friendly_errors(fn):
     """Run a command; turn expected failures into `error: ...` and a non-zero exit."""
 
@@ -24,10 +29,10 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except MusicvizError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_with_notes(e)}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+        except KeyboardInterrupt as e:
+            click.echo(_with_notes(e, "interrupted"), err=True)
             sys.exit(130)
         except MemoryError:
             click.echo("error: out of memory; try a smaller --batch-size or --size", err=True)
@@ -127,6 +132,8 @@ def _render_options(fn):
         click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
         click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
         click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
+        click.option("--restart", is_flag=True,
+                     help="Start over, throwing away the frames an interrupted run of this render kept."),
         click.option("--cadence", type=int, default=1, show_default=True,
                      help="Run the UNet on every Nth frame only and blend the latents between: N times fewer UNet "
                           "calls (each frame still gets a VAE decode); smoother motion, softer beats."),
@@ -141,7 +148,7 @@ def _warn_random(model) -> None:
         click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
 
 
-def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, **kw):
+def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
     from .pipeline import DEFAULT_MODEL
     from .rendering import render
     from .walkers import read_note_prompts
@@ -167,14 +174,19 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
         click.echo(f"\r  {done}/{total} frames  {fps:5.2f} fps  {rtf:5.3f}x real time  ETA {eta:6.0f} s", nl=False,
                    err=True)
 
-    result = render(song, prompt, output=output, model=model, note_prompts=note_prompts,
-                    section_prompts=list(section_prompts) or None, noise=NoiseWalkConfig(grid=beat_grid, distance=motion),
-                    progress=progress, **kw)
-    click.echo("", err=True)
+    try:
+        result = render(song, prompt, output=output, model=model, note_prompts=note_prompts,
+                        section_prompts=list(section_prompts) or None,
+                        noise=NoiseWalkConfig(grid=beat_grid, distance=motion), resume=not restart, progress=progress,
+                        **kw)
+    finally:
+        if bar:  # end the progress line, also before an error or "interrupted"
+            click.echo("", err=True)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     t = result.times
     keyframes = f", {result.keyframes} of them generated" if result.keyframes < result.frames else ""
+    keyframes += f", continued after {result.resumed} kept frames" if result.resumed else ""
     click.echo(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps ({result.duration:.1f} s{keyframes}); "
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")

@@ -2,11 +2,14 @@
 
 Per frame the model cost is one UNet call and one VAE decode (with a cadence of N, one UNet call
 every N frames); the 13 prompts (base + 12 notes) and the time embedding are encoded once. While
-PyAV encodes batch i, mlx computes batch i+1.
+PyAV encodes batch i, mlx computes batch i+1. The video is kept in segments as it goes, so an
+interrupted render resumes (`video.SegmentedVideo`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import operator
 import os
 import resource
@@ -21,10 +24,14 @@ from .audio import analyze
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .files import check_output_path
-from .video import MAX_CRF, VideoWriter, soundtrack
+from .video import MAX_CRF, SegmentedVideo, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
+# A segment of the video is kept (and an interrupted render resumes after it) every 10 s of video
+# or every minute of work, whichever comes first.
+SEGMENT_VIDEO_SECONDS = 10.0
+SEGMENT_WORK_SECONDS = 60.0
 
 
 @dataclass
@@ -37,7 +44,8 @@ class RenderResult:
     peak_memory: int = 0  # bytes: mlx peak memory during the frame loop
     peak_rss: int = 0  # bytes: the process's peak resident size (whole run)
     warnings: list = field(default_factory=list)
-    keyframes: int = 0  # frames the UNet generated (all of them unless cadence > 1)
+    keyframes: int = 0  # frames the UNet generates for the video (all of them unless cadence > 1)
+    resumed: int = 0  # frames kept from an interrupted run of the same render
 
 
 def frame_size(size) -> tuple[int, int]:
@@ -101,18 +109,19 @@ def keyframe_indices(n_frames: int, cadence: int = 1) -> np.ndarray:
 
 
 def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n_frames: int, batch_size: int,
-                     cadence: int = 1):
+                     cadence: int = 1, first_frame: int = 0):
     """Yield (frames, latents), in frame order and at most `batch_size` frames at a time: the one-step
     latents of every frame, as lazy mlx arrays for the VAE to decode.
 
     With cadence N > 1 the UNet runs on the keyframes only (`keyframe_indices`, batch_size keyframes a
     call), and frame f between keyframes a < f < b gets (1 - t) * x0[a] + t * x0[b], t = (f - a) / (b - a):
     N times fewer UNet calls, and the motion between keyframes becomes linear. Only one batch of
-    keyframes is held at a time.
+    keyframes is held at a time. first_frame: start there (a resumed render), from the keyframe at
+    or before it.
     """
     keys = keyframe_indices(n_frames, cadence)
     prev_key = prev_x0 = None
-    for i in range(0, len(keys), batch_size):
+    for i in range(np.searchsorted(keys, first_frame, side="right") - 1, len(keys), batch_size):
         batch = keys[i:i + batch_size]
         x0 = pipe.denoise(noise_walk.latents(batch), prompt_walk.embeddings(batch))
         if cadence == 1:
@@ -120,7 +129,7 @@ def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n
             continue
         known = batch if prev_key is None else np.concatenate([[prev_key], batch])
         known_x0 = x0 if prev_x0 is None else mx.concatenate([prev_x0, x0])
-        first = 0 if prev_key is None else prev_key + 1
+        first = max(first_frame, batch[0] if prev_key is None else prev_key + 1)
         for j in range(first, int(batch[-1]) + 1, batch_size):
             frames = np.arange(j, min(j + batch_size, int(batch[-1]) + 1))
             a = np.searchsorted(known, frames, side="right") - 1  # the keyframe at or before each frame
@@ -132,11 +141,26 @@ def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n
         prev_key, prev_x0 = int(batch[-1]), x0[-1:]
 
 
+def render_fingerprint(audio, pipe, **settings) -> dict:
+    """Everything a render's frames depend on, for a resumed render to check against: the audio (a
+    file's path, size and modification time, or a hash of the samples), the model, the settings."""
+    from . import __version__
+
+    if isinstance(audio, (str, os.PathLike)):
+        stat = Path(audio).stat()
+        source = {"path": str(Path(audio).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    else:
+        samples = np.ascontiguousarray(np.asarray(audio[0], dtype=np.float32))
+        source = {"sha256": hashlib.sha256(samples.tobytes()).hexdigest(), "shape": samples.shape, "rate": int(audio[1])}
+    model = {"record": pipe.record, "folder": str(pipe.folder), "dtype": str(pipe.dtype)}
+    return {"version": __version__, "audio": source, "model": model, **settings}
+
+
 def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
-           vae: str = "tiny", noise: NoiseWalkConfig | None = None, cadence: int = 1, progress=None,
-           pipeline=None) -> RenderResult:
+           vae: str = "tiny", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
+           progress=None, pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
     size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64.
@@ -144,8 +168,12 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
     cadence: run the UNet on every `cadence`-th frame only and blend the latents between (see
         `denoised_latents`): about `cadence` times fewer UNet calls, for smoother, slower motion.
+    resume: continue an interrupted render of the same song, model and settings from the segments it
+        kept (see `video.SegmentedVideo`); False starts over.
     progress: called as progress(done_frames, total_frames) after every batch.
-    Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`.
+    Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
+    (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
+    note on the exception).
     """
     t0 = time.perf_counter()
     times = {}
@@ -180,23 +208,30 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times["prompts"] = time.perf_counter() - t
 
     n = features.n_frames
-    chunks = denoised_latents(pipe, noise_walk, prompt_walk, n, batch_size, cadence)
-
-    def next_images():
-        """Queue the next chunk's decode (mlx computes it while PyAV encodes the current one)."""
-        chunk = next(chunks, None)
-        if chunk is None:
-            return None
-        frames, latents = chunk
-        images = pipe.decode(latents, vae)
-        mx.async_eval(images)
-        return frames, images
+    noise = noise or NoiseWalkConfig()
+    fingerprint = render_fingerprint(
+        audio, pipe, prompts=bases + notes, fps=fps, seed=int(seed), size=[width, height], start=start,
+        duration=duration, mode=mode, batch_size=batch_size, vae=vae, noise=dataclasses.asdict(noise), cadence=cadence)
 
     model_time = encode_time = 0.0
     mx.reset_peak_memory()
-    with VideoWriter(output, width, height, fps, crf=crf) as writer:
-        samples, rate = soundtrack(audio, start, duration)
-        writer.add_audio(samples, rate)
+    with SegmentedVideo(output, width, height, fps, crf, fingerprint, resume, round(fps * SEGMENT_VIDEO_SECONDS),
+                        SEGMENT_WORK_SECONDS) as video:
+        if video.discarded:
+            warnings.append(f"{video.discarded} frames kept from an earlier render of {output.name} with other "
+                            "settings were thrown away")
+        chunks = denoised_latents(pipe, noise_walk, prompt_walk, n, batch_size, cadence, video.frames_done)
+
+        def next_images():
+            """Queue the next chunk's decode (mlx computes it while PyAV encodes the current one)."""
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            frames, latents = chunk
+            images = pipe.decode(latents, vae)
+            mx.async_eval(images)
+            return frames, images
+
         t = time.perf_counter()
         pending = next_images()
         while pending is not None:
@@ -206,18 +241,21 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
             images = np.array(current)
             model_time += time.perf_counter() - t_wait
             t_enc = time.perf_counter()
-            writer.write(images)
+            video.write(images)
             encode_time += time.perf_counter() - t_enc
             if progress is not None:
                 progress(int(frames[-1]) + 1, n)
         loop = time.perf_counter() - t
-        result_path = writer.close()
+        t = time.perf_counter()
+        samples, rate = soundtrack(audio, start, duration)
+        result_path = video.finish(samples, rate)  # the segments and the song into one MP4
+        join_time = time.perf_counter() - t
     times["model"] = loop - encode_time
-    times["encode"] = encode_time
+    times["encode"] = encode_time + join_time
     times["total"] = time.perf_counter() - t0
     return RenderResult(
         output=result_path, frames=n, fps=float(fps), duration=features.duration, times=times,
         peak_memory=int(mx.get_peak_memory()),
         peak_rss=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, warnings=warnings,
-        keyframes=len(keyframe_indices(n, cadence)),
+        keyframes=len(keyframe_indices(n, cadence)), resumed=video.resumed,
     )

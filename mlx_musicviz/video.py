@@ -1,14 +1,27 @@
 """MP4 writing with PyAV: H.264 (yuv420p, faststart) video plus the song as AAC, written under a
-temporary name beside the target and renamed only when complete."""
+temporary name beside the target and renamed only when complete.
+
+A render streams its frames into `SegmentedVideo`: H.264 segments in a folder beside the target,
+each renamed into place once complete, joined with the soundtrack (packets copied, not re-encoded)
+when the last frame is in. An interrupted render keeps its finished segments; the same render run
+again continues after them.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import re
+import shutil
+import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from .files import check_output_path, temporary_beside
+from .errors import MusicvizError
+from .files import atomic_output, check_output_path, temporary_beside
 
 AUDIO_RATE = 44100
 MAX_CRF = 51  # libx264's quality scale for 8-bit video: 0 (lossless) to 51
@@ -42,25 +55,7 @@ class VideoWriter:
 
     def add_audio(self, samples: np.ndarray, rate: int) -> None:
         """Encode the whole soundtrack as AAC. samples: (channels, n) float32 in [-1, 1]."""
-        import av
-
-        samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
-        if samples.shape[0] > 2:
-            samples = samples[:2]
-        layout = "stereo" if samples.shape[0] == 2 else "mono"
-        self.audio = self.container.add_stream("aac", rate=AUDIO_RATE)
-        self.audio.layout = "stereo"
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-        block = 1 << 14
-        for i in range(0, samples.shape[1], block):
-            chunk = np.ascontiguousarray(samples[:, i:i + block])
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate = rate
-            for out in resampler.resample(frame):
-                self.container.mux(self.audio.encode(out))
-        for out in resampler.resample(None):
-            self.container.mux(self.audio.encode(out))
-        self.container.mux(self.audio.encode(None))
+        self.audio = mux_audio(self.container, samples, rate)
 
     def write(self, images: np.ndarray) -> None:
         import av
@@ -92,6 +87,195 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             self.abort()
+        return False
+
+
+def mux_audio(container, samples: np.ndarray, rate: int):
+    """Encode `samples` ((channels, n) float32 in [-1, 1] at `rate` Hz) into a new stereo AAC stream
+    of `container`, resampled to AUDIO_RATE; return the stream."""
+    import av
+
+    samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
+    if samples.shape[0] > 2:
+        samples = samples[:2]
+    layout = "stereo" if samples.shape[0] == 2 else "mono"
+    stream = container.add_stream("aac", rate=AUDIO_RATE)
+    stream.layout = "stereo"
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+    block = 1 << 14
+    for i in range(0, samples.shape[1], block):
+        chunk = np.ascontiguousarray(samples[:, i:i + block])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for out in resampler.resample(frame):
+            container.mux(stream.encode(out))
+    for out in resampler.resample(None):
+        container.mux(stream.encode(out))
+    container.mux(stream.encode(None))
+    return stream
+
+
+def parts_folder(target: Path) -> Path:
+    """Where the segments of a render of `target` wait to be joined: a hidden folder beside it."""
+    return target.parent / f".{target.name}.parts"
+
+
+_SEGMENT_NAME = re.compile(r"^(\d{8})\+(\d{6})\.mp4$")  # first frame + frame count
+
+
+class SegmentedVideo:
+    """Frames (uint8 N x H x W x 3) into H.264 segments in `parts_folder(output)`; `finish` joins
+    them with the soundtrack into `output` and removes the folder.
+
+    A segment is closed (renamed into place) after `segment_frames` frames or once it has been open
+    `segment_seconds` of wall time, whichever comes first, so an interruption loses at most that much
+    work. `fingerprint` (JSON-able) names everything the frames depend on: segments kept by a run with
+    another fingerprint are thrown away, as they are with `resume=False`. `frames_done` frames are
+    already kept: write from that frame on.
+    """
+
+    def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int,
+                 fingerprint: dict, resume: bool = True, segment_frames: int = 300, segment_seconds: float = 60.0):
+        self.target = check_output_path(output)
+        self.folder = parts_folder(self.target)
+        self._lock_path = self.folder.with_name(self.folder.name + ".lock")
+        try:
+            self._lock = open(self._lock_path, "a")
+        except OSError as e:
+            raise MusicvizError(f"cannot write beside {self.target}: {e.strerror or e}") from None
+        try:  # one render at a time per target: another would be writing into the same segments
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise MusicvizError(f"another render is writing {self.target} now") from None
+        try:
+            self._start(width, height, fps, crf, fingerprint, resume, segment_frames, segment_seconds)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _start(self, width, height, fps, crf, fingerprint, resume, segment_frames, segment_seconds) -> None:
+        self.size, self.fps, self.crf = (width, height), fps, crf
+        self.segment_frames, self.segment_seconds = max(1, int(segment_frames)), segment_seconds
+        manifest = json.loads(json.dumps({  # as it reads back: lists for tuples, strings for keys
+            "version": 1, "fingerprint": fingerprint, "width": width, "height": height,
+            "fps": str(Fraction(fps).limit_denominator(1001)), "crf": crf}, default=str))
+        self.discarded = 0  # frames of another render (or resume=False) thrown away
+        kept = self._read_manifest() if resume else None
+        segments = self._segments() if kept == manifest else []
+        if kept != manifest and self.folder.exists():
+            self.discarded = sum(count for _, count, _ in self._segments())
+            shutil.rmtree(self.folder)
+        if not self.folder.exists():
+            try:
+                self.folder.mkdir()
+                with atomic_output(self.folder / "manifest.json") as tmp:
+                    Path(tmp).write_text(json.dumps(manifest, indent=1))
+            except OSError as e:
+                raise MusicvizError(f"cannot write the render's segments beside {self.target}: {e.strerror or e}") from None
+        self.paths, self.frames_done = [], 0
+        for first, count, path in segments:  # contiguous from frame 0; anything after a gap is redone
+            if first != self.frames_done:
+                break
+            self.paths.append(path)
+            self.frames_done += count
+        for _, _, path in segments[len(self.paths):]:
+            path.unlink()
+        self.resumed = self.frames_done
+        self._writer = None
+        self._opened = 0.0
+
+    def _read_manifest(self):
+        try:
+            return json.loads((self.folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _segments(self) -> list[tuple[int, int, Path]]:
+        found = []
+        for path in self.folder.glob("*.mp4") if self.folder.is_dir() else []:
+            m = _SEGMENT_NAME.match(path.name)
+            if m:
+                found.append((int(m[1]), int(m[2]), path))
+        return sorted(found)
+
+    def write(self, images: np.ndarray) -> None:
+        for image in images:
+            if self._writer is None:  # named once closed, when its frame count is known
+                self._writer = VideoWriter(self.folder / "open.mp4", *self.size, self.fps, crf=self.crf)
+                self._opened = time.perf_counter()
+            self._writer.write(image[None])
+            if (self._writer.frames >= self.segment_frames
+                    or time.perf_counter() - self._opened >= self.segment_seconds):
+                self._close_segment()
+
+    def _close_segment(self) -> None:
+        writer, self._writer = self._writer, None
+        path = self.folder / f"{self.frames_done:08d}+{writer.frames:06d}.mp4"
+        os.replace(writer.close(), path)
+        self.paths.append(path)
+        self.frames_done += writer.frames
+
+    def finish(self, samples: np.ndarray, rate: int) -> Path:
+        """Close the last segment; write the segments and the soundtrack into the target (atomically)
+        and remove the segments' folder. Returns the target."""
+        import av
+
+        if self._writer is not None:
+            self._close_segment()
+        with atomic_output(self.target) as tmp:
+            with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+                with av.open(str(self.paths[0])) as first:  # every stream is added before the first packet
+                    template = first.streams.video[0]
+                    video, extradata = out.add_stream_from_template(template), template.codec_context.extradata
+                mux_audio(out, samples, rate)
+                offset, frame = 0, Fraction(1) / Fraction(self.fps).limit_denominator(1001)
+                for path in self.paths:
+                    with av.open(str(path)) as segment:
+                        stream = segment.streams.video[0]
+                        if stream.codec_context.extradata != extradata:
+                            raise MusicvizError(f"segment {path.name} was encoded differently; "
+                                                "render again without resuming (--restart)")
+                        frames = 0
+                        for packet in segment.demux(stream):
+                            if packet.dts is None:  # the demuxer's end-of-stream marker
+                                continue
+                            # In frame units, shifted to where the segment starts in the video.
+                            pts, dts, duration = (round(t * packet.time_base / frame)
+                                                  for t in (packet.pts, packet.dts, packet.duration))
+                            packet.time_base = frame
+                            packet.pts, packet.dts, packet.duration = pts + offset, dts + offset, duration
+                            packet.stream = video
+                            out.mux(packet)
+                            frames += 1
+                        offset += frames
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._unlock()
+        return self.target
+
+    def _unlock(self) -> None:
+        if not self._lock.closed:
+            self._lock_path.unlink(missing_ok=True)
+            self._lock.close()  # releases the lock
+
+    def abort(self) -> None:
+        """Drop the open segment; keep the finished ones (or the folder, if there are none)."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        if not self.paths:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self._unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+            if self.paths:
+                exc.add_note(f"{self.frames_done} frames are kept in {self.folder}: run the same render again "
+                             "to continue from there")
         return False
 
 

@@ -338,6 +338,21 @@ def test_outputs_get_the_mode_of_a_plain_open(tmp_path):
     assert os.stat(tmp_path / "v.mp4").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777
 
 
+def unet_counting_pipeline():
+    """A random tiny pipeline whose UNet calls append their batch sizes to the list returned with it."""
+    from mlx_musicviz.pipeline import Pipeline
+
+    pipe, unet_frames = Pipeline.random("tiny"), []
+    denoise = pipe.denoise
+
+    def counting_denoise(latents, prompt_embeds):
+        unet_frames.append(latents.shape[0])
+        return denoise(latents, prompt_embeds)
+
+    pipe.denoise = counting_denoise
+    return pipe, unet_frames
+
+
 def test_keyframe_indices():
     from mlx_musicviz.rendering import keyframe_indices
 
@@ -353,24 +368,15 @@ def test_cadence_runs_the_unet_on_keyframes_and_blends_between(tmp_path):
     the every-frame walk, the frames between are the linear blend of their two keyframes, and the
     video still has every frame."""
     from mlx_musicviz import analyze
-    from mlx_musicviz.pipeline import Pipeline
     from mlx_musicviz.rendering import denoised_latents, keyframe_indices, make_walkers
 
     sr, fps = 22050, 12
     y = (0.2 * np.sin(2 * np.pi * 440 * np.arange(sr * 2) / sr)).astype(np.float32)
     features = analyze((y, sr), fps=fps)
     n = features.n_frames
-    pipe = Pipeline.random("tiny")
+    pipe, unet_frames = unet_counting_pipeline()
     embeds = pipe.encode_prompt(["a", *default_note_prompts("a")])
     noise_walk, prompt_walk = make_walkers(features, pipe, embeds, 1, 64)
-    unet_frames = []
-    denoise = pipe.denoise
-
-    def counting_denoise(latents, prompt_embeds):
-        unet_frames.append(latents.shape[0])
-        return denoise(latents, prompt_embeds)
-
-    pipe.denoise = counting_denoise
     every = {int(f): x for frames, lat in denoised_latents(pipe, noise_walk, prompt_walk, n, 2)
              for f, x in zip(frames, np.array(lat))}
     unet_frames.clear()
@@ -393,3 +399,86 @@ def test_cadence_runs_the_unet_on_keyframes_and_blends_between(tmp_path):
     assert (result.frames, result.keyframes, sum(unet_frames)) == (n, len(keys), len(keys))
     with av.open(str(result.output)) as c:
         assert sum(1 for _ in c.decode(video=0)) == n
+
+
+@pytest.mark.parametrize("cadence", [1, 3])
+def test_interrupted_render_resumes_from_its_kept_segments(tmp_path, monkeypatch, cadence):
+    """Ctrl-C after 10 frames keeps the two finished 4-frame segments (nothing at the target); the same
+    render run again makes only the frames after them (from the keyframe before them) and its video
+    equals an uninterrupted render's, frame for frame. Other settings, or resume=False, start over."""
+    from mlx_musicviz import rendering
+    from mlx_musicviz.rendering import keyframe_indices
+    from mlx_musicviz.video import parts_folder
+
+    monkeypatch.setattr(rendering, "SEGMENT_VIDEO_SECONDS", 1.0)  # 4 frames at 4 fps
+    sr, fps = 22050, 4
+    y = (0.2 * np.sin(2 * np.pi * 330 * np.arange(sr * 5) / sr) * (np.arange(sr * 5) % (sr // 2) < 2000)).astype(np.float32)
+    pipe, unet_frames = unet_counting_pipeline()
+    kw = dict(pipeline=pipe, size=64, fps=fps, cadence=cadence)
+    whole = render((y, sr), "x", output=tmp_path / "whole.mp4", **kw)
+    n = whole.frames
+
+    def stop_after_10(done, total):
+        if done >= 10:
+            raise KeyboardInterrupt
+
+    target = tmp_path / "resumed.mp4"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        render((y, sr), "x", output=target, progress=stop_after_10, **kw)
+    assert not target.exists()
+    assert "8 frames are kept" in " ".join(stopped.value.__notes__)
+    kept = sorted(p.name for p in parts_folder(target).iterdir())
+    assert kept == ["00000000+000004.mp4", "00000004+000004.mp4", "manifest.json"]
+
+    unet_frames.clear()
+    again = render((y, sr), "x", output=target, **kw)
+    assert again.resumed == 8 and again.frames == n
+    keys = keyframe_indices(n, cadence)
+    assert sum(unet_frames) == len(keys) - (np.searchsorted(keys, 8, side="right") - 1)
+    assert sorted(os.listdir(tmp_path)) == ["resumed.mp4", "whole.mp4"]  # the segments are gone
+
+    def decoded(path):
+        with av.open(str(path)) as c:
+            assert len(c.streams.audio) == 1
+            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+    np.testing.assert_array_equal(decoded(target), decoded(tmp_path / "whole.mp4"))
+
+    if cadence == 1:  # what does not resume: other settings, or resume=False
+        for other in (dict(kw, seed=1), dict(kw, resume=False)):
+            target.unlink()
+            with pytest.raises(KeyboardInterrupt):
+                render((y, sr), "x", output=target, progress=stop_after_10, **kw)
+            fresh = render((y, sr), "x", output=target, **other)
+            assert fresh.resumed == 0 and any("8 frames kept" in w for w in fresh.warnings)
+
+
+def test_cli_says_where_the_kept_frames_are():
+    from mlx_musicviz.cli import _with_notes
+
+    stop = KeyboardInterrupt()
+    stop.add_note("8 frames are kept in .x.mp4.parts: run the same render again to continue from there")
+    assert _with_notes(stop, "interrupted") == ("interrupted; 8 frames are kept in .x.mp4.parts: run the same "
+                                                 "render again to continue from there")
+    assert _with_notes(MusicvizError("disk full")) == "disk full"
+
+
+def test_one_render_at_a_time_per_target(tmp_path):
+    """A second render into the same target is refused while the first writes its segments; the
+    lock goes with the first one, whether it finishes or fails."""
+    from mlx_musicviz.video import SegmentedVideo
+
+    target = tmp_path / "v.mp4"
+    first = SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"})
+    with pytest.raises(MusicvizError, match="another render is writing"):
+        SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"})
+    first.write(np.zeros((3, 64, 64, 3), np.uint8))
+    first.finish(np.zeros((1, 22050), np.float32), 22050)
+    assert sorted(os.listdir(tmp_path)) == ["v.mp4"]
+    with pytest.raises(ValueError):
+        with SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"}, segment_frames=2) as video:
+            video.write(np.zeros((3, 64, 64, 3), np.uint8))
+            raise ValueError
+    second = SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"})
+    assert second.frames_done == 2  # the failed run's finished segment, not its open one
+    second.abort()
