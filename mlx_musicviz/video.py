@@ -248,6 +248,9 @@ class SegmentedVideo:
                             packet.stream = video
                             out.mux(packet)
                             frames += 1
+                        if frames != int(_SEGMENT_NAME.match(path.name)[2]):
+                            raise MusicvizError(f"segment {path.name} holds {frames} frames; "
+                                                "render again without resuming (--restart)")
                         offset += frames
         shutil.rmtree(self.folder, ignore_errors=True)
         self._unlock()

@@ -482,3 +482,23 @@ def test_one_render_at_a_time_per_target(tmp_path):
     second = SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"})
     assert second.frames_done == 2  # the failed run's finished segment, not its open one
     second.abort()
+
+
+def test_a_damaged_kept_segment_is_refused_at_the_join(tmp_path):
+    """A kept segment whose frames are not what its name says stops the join with one line (and
+    nothing at the target) instead of a video with frames missing."""
+    from mlx_musicviz.video import SegmentedVideo
+
+    target = tmp_path / "v.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        with SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"}, segment_frames=2) as video:
+            video.write(np.zeros((3, 64, 64, 3), np.uint8))
+            raise KeyboardInterrupt
+    (segment,) = video.paths
+    segment.rename(segment.with_name("00000000+000003.mp4"))
+    resumed = SegmentedVideo(target, 64, 64, 8, 18, {"song": "a"})
+    assert resumed.frames_done == 3
+    with pytest.raises(MusicvizError, match="holds 2 frames"):
+        with resumed:
+            resumed.finish(np.zeros((1, 22050), np.float32), 22050)
+    assert not target.exists()
