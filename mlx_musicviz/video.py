@@ -28,7 +28,7 @@ MAX_CRF = 51  # libx264's quality scale for 8-bit video: 0 (lossless) to 51
 
 
 class VideoWriter:
-    """Stream frames (uint8 N x H x W x 3) and audio into an MP4; atomic on `close()`.
+    """Stream frames (uint8 N x H x W x 3) into an H.264 MP4 (one segment of a render); atomic on `close()`.
 
     Use as a context manager: an exception (or Ctrl-C) inside deletes the partial file and leaves
     nothing at the target path.
@@ -36,8 +36,6 @@ class VideoWriter:
 
     def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int = 18,
                  preset: str = "medium"):
-        from fractions import Fraction
-
         import av
 
         self.target = check_output_path(output)
@@ -49,13 +47,8 @@ class VideoWriter:
         self.video.pix_fmt = "yuv420p"
         self.video.options = {"crf": str(int(crf)), "preset": preset}
         self.video.codec_context.time_base = 1 / rate
-        self.audio = None
         self.frames = 0
         self._closed = False
-
-    def add_audio(self, samples: np.ndarray, rate: int) -> None:
-        """Encode the whole soundtrack as AAC. samples: (channels, n) float32 in [-1, 1]."""
-        self.audio = mux_audio(self.container, samples, rate)
 
     def write(self, images: np.ndarray) -> None:
         import av
