@@ -167,7 +167,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     note_prompts: 12 prompts (C..B); default: the prompt in Scriabin's colour for each note.
     section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
     cadence: run the UNet on every `cadence`-th frame only and blend the latents between (see
-        `denoised_latents`): about `cadence` times fewer UNet calls, for smoother, slower motion.
+        `denoised_latents`): about `cadence` times fewer UNet calls; linear motion between keyframes,
+        softer beats.
     resume: continue an interrupted render of the same song, model and settings from the segments it
         kept (see `video.SegmentedVideo`); False starts over.
     progress: called as progress(done_frames, total_frames) after every batch.

@@ -27,6 +27,12 @@ AUDIO_RATE = 44100
 MAX_CRF = 51  # libx264's quality scale for 8-bit video: 0 (lossless) to 51
 
 
+def frame_rate(fps: float) -> Fraction:
+    """The stream's exact frame rate for `fps` (29.97 -> 30000/1001): the segments, their manifest
+    and the join must all agree on it."""
+    return Fraction(fps).limit_denominator(1001)
+
+
 class VideoWriter:
     """Stream frames (uint8 N x H x W x 3) into an H.264 MP4 (one segment of a render); atomic on `close()`.
 
@@ -41,7 +47,7 @@ class VideoWriter:
         self.target = check_output_path(output)
         self.tmp = Path(temporary_beside(self.target, ".partial.mp4"))
         self.container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
-        rate = Fraction(fps).limit_denominator(1001)
+        rate = frame_rate(fps)
         self.video = self.container.add_stream("libx264", rate=rate)
         self.video.width, self.video.height = width, height
         self.video.pix_fmt = "yuv420p"
@@ -152,7 +158,7 @@ class SegmentedVideo:
         self.segment_frames, self.segment_seconds = max(1, int(segment_frames)), segment_seconds
         manifest = json.loads(json.dumps({  # as it reads back: lists for tuples, strings for keys
             "version": 1, "fingerprint": fingerprint, "width": width, "height": height,
-            "fps": str(Fraction(fps).limit_denominator(1001)), "crf": crf}, default=str))
+            "fps": str(frame_rate(fps)), "crf": crf}, default=str))
         self.discarded = 0  # frames of another render (or resume=False) thrown away
         kept = self._read_manifest() if resume else None
         segments = self._segments() if kept == manifest else []
@@ -222,7 +228,7 @@ class SegmentedVideo:
                     template = first.streams.video[0]
                     video, extradata = out.add_stream_from_template(template), template.codec_context.extradata
                 mux_audio(out, samples, rate)
-                offset, frame = 0, Fraction(1) / Fraction(self.fps).limit_denominator(1001)
+                offset, frame = 0, 1 / frame_rate(self.fps)
                 for path in self.paths:
                     with av.open(str(path)) as segment:
                         stream = segment.streams.video[0]
@@ -255,7 +261,7 @@ class SegmentedVideo:
             self._lock.close()  # releases the lock
 
     def abort(self) -> None:
-        """Drop the open segment; keep the finished ones (or the folder, if there are none)."""
+        """Drop the open segment; keep the finished ones (the folder goes when there are none)."""
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
