@@ -16,11 +16,13 @@ def looks_like_repo_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not str(source).startswith((".", "/", "~"))
 
 
-def resolve_source(source: str | os.PathLike, revision: str | None = None) -> tuple[Path, dict]:
+def resolve_source(source: str | os.PathLike, revision: str | None = None,
+                   allow_patterns: list[str] = ALLOW_PATTERNS) -> tuple[Path, dict]:
     """Local folder for `source` and a record {source, revision}.
 
-    A repo id (`owner/name`) is downloaded (or found in the cache) with huggingface_hub;
-    HF_HOME and HF_HUB_OFFLINE are honoured. Errors are one-line `MusicvizError`s.
+    A repo id (`owner/name`) is downloaded (or found in the cache) with huggingface_hub, only the
+    files matching `allow_patterns`; HF_HOME and HF_HUB_OFFLINE are honoured. Errors are one-line
+    `MusicvizError`s.
     """
     path = Path(os.path.expanduser(str(source)))
     if path.exists():
@@ -35,7 +37,7 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None) -> tu
     except ImportError:  # pragma: no cover - a runtime dependency
         raise MusicvizError("huggingface_hub is needed to download models: pip install huggingface_hub") from None
     try:
-        folder = snapshot_download(str(source), revision=revision, allow_patterns=ALLOW_PATTERNS)
+        folder = snapshot_download(str(source), revision=revision, allow_patterns=allow_patterns)
     except LocalEntryNotFoundError:
         raise MusicvizError(
             f"model {source} is not in the local cache and cannot be downloaded (offline or no network); "

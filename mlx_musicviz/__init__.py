@@ -19,6 +19,7 @@ _LAZY = {
     "render": ".rendering",
     "RenderResult": ".rendering",
     "preview": ".stills",
+    "write_note_prompts": ".note_writer",
 }
 
 

@@ -264,20 +264,38 @@ def preview(prompt, output, notes, note_prompts, model, **kw):
 
 @main.command(name="note-prompts")
 @click.option("-p", "--prompt", required=True, help="The prompt the 12 note prompts are derived from.")
+@click.option("--lm", "lm_model", is_flag=False, flag_value="default", default=None, metavar="[MODEL]",
+              help="Have a language model write them (mlx-lm; an mlx-lm folder or hub id, "
+                   "default mlx-community/Qwen2.5-1.5B-Instruct-4bit).")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="With --lm: 0 writes the same prompts every time; above 0 samples, by --seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --lm: the sampling seed.")
 @friendly_errors
-def note_prompts_command(prompt):
+def note_prompts_command(prompt, lm_model, temperature, seed):
     """Print the 12 note prompts `render -p PROMPT` uses, as a file for `render --note-prompts`.
+
+    Without --lm they are the prompt in Scriabin's colour for each note; with --lm a small language
+    model writes them (pip install "mlx-musicviz[lm]"; downloaded once).
 
     \b
     Examples:
       musicviz-mlx note-prompts -p "a coral reef, oil painting" > notes.txt
+      musicviz-mlx note-prompts -p "a coral reef, oil painting" --lm > notes.txt
       musicviz-mlx render song.mp3 -p "a coral reef, oil painting" --note-prompts notes.txt
     """
     from .rendering import check_prompt
     from .walkers import default_note_prompts, note_prompts_text
 
     check_prompt(prompt)
-    click.echo(note_prompts_text(default_note_prompts(prompt)), nl=False)
+    if lm_model is None:
+        prompts = default_note_prompts(prompt)
+    else:
+        from .note_writer import DEFAULT_NOTE_WRITER, write_note_prompts
+
+        lm_model = DEFAULT_NOTE_WRITER if lm_model == "default" else lm_model
+        click.echo(f"writing the note prompts with {lm_model} ...", err=True)
+        prompts = write_note_prompts(prompt, lm_model, temperature=temperature, seed=seed)
+    click.echo(note_prompts_text(prompts), nl=False)
 
 
 @main.command()
