@@ -36,11 +36,12 @@ under 25 words. Reply with exactly 12 lines, each in the form `NOTE: prompt` (fo
 `F#: ...`), and nothing else."""
 
 # A line that starts with a note's name: "F#: ...", "2. Db - ...", "- **A♭**: ...", "G sharp: ...",
-# "C#/Db: ...".
+# "C#/Db: ...", "Note E: ...", "A minor: ...".
 _NOTE_LINE = re.compile(
-    r"""^\s*(?:[-*•]\s*|\d{1,2}\s*[.)]\s*)?                # a bullet or a number
-        [*_`"']*([A-G])(\#|♯|b|♭|\ sharp|\ flat)?          # the note, perhaps bold or quoted
-        (?:\s*/\s*[A-G](?:\#|♯|b|♭)?)?[*_`"']*              # its other name
+    r"""^\s*(?:[-*•]\s*|\d{1,2}\s*[.)]\s*)?[*_`"']*(?i:note\ )?  # a bullet or a number, "Note"
+        ([A-G])(\#|♯|b|♭|\ sharp|\ flat)?                   # the note, perhaps bold or quoted
+        (?:\s*/\s*[A-G](?:\#|♯|b|♭)?)?                      # its other name
+        (?:\ (?i:major|minor|natural|note))?[*_`"']*         # a word after it
         \s*(?:\([^)]*\))?\s*[:=–—-]\s*(.*)$                # "(D flat)" or the like, a separator
     """, re.VERBOSE)
 _NATURALS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}

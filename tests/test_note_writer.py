@@ -96,6 +96,7 @@ def test_the_reply_is_read_line_by_line():
     assert [parse_note_prompts(REPLY)[i] for i in range(12)] == EXPECTED
     assert parse_note_prompts("C#/Db: a\n- D♭: b\nG sharp (A flat) = c\n`B`: 'd'\nA coral reef: e\n<think>E: f</think>") \
         == {1: "a", 8: "c", 11: "d"}
+    assert parse_note_prompts("NOTE E: a\nC Major: b\nD minor (Dorian): c\nb: d\nCb: e") == {4: "a", 0: "b", 2: "c", 11: "e"}
     assert parse_note_prompts("Chorus: x\nBridge: y\nE:   \nF: ") == {}
     assert parse_note_prompts("\n".join(f"{n}: p{i}" for i, n in enumerate(NOTE_NAMES)) + "\nC: again") \
         == {i: f"p{i}" for i in range(12)}
