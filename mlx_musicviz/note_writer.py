@@ -109,13 +109,17 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     else:  # a base model: the instruction as plain text
         request = messages[0]["content"] + "\n\n"
     found: dict[int, str] = {}
-    for attempt in range(attempts):
-        temp = temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
-        mx.random.seed(seed + attempt)
-        reply = generate(lm, tokenizer, request, max_tokens=MAX_TOKENS, sampler=make_sampler(temp))
-        found = parse_note_prompts(reply)
-        if len(found) == 12:
-            return [found[i] for i in range(12)]
+    try:
+        for attempt in range(attempts):
+            temp = temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
+            mx.random.seed(seed + attempt)  # mlx-lm's samplers draw from mlx's global generator
+            reply = generate(lm, tokenizer, request, max_tokens=MAX_TOKENS, sampler=make_sampler(temp))
+            found = parse_note_prompts(reply)
+            if len(found) == 12:
+                return [found[i] for i in range(12)]
+    finally:  # a render in the same process should not find the language model's memory cached
+        del lm
+        mx.clear_cache()
     missing = ", ".join(NOTE_NAMES[i] for i in range(12) if i not in found)
     raise MusicvizError(f"the language model wrote prompts for {len(found)} of the 12 notes in {attempts} "
                         f"attempt{'s' if attempts > 1 else ''} (missing: {missing}); try another --seed or "
