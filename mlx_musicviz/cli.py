@@ -288,6 +288,10 @@ def note_prompts_command(prompt, lm_model, temperature, seed):
 
     check_prompt(prompt)
     if lm_model is None:
+        given = [f"--{name}" for name in ("temperature", "seed")
+                 if click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --lm")
         prompts = default_note_prompts(prompt)
     else:
         from .note_writer import DEFAULT_NOTE_WRITER, write_note_prompts

@@ -16,7 +16,8 @@ from .convert.hub import resolve_source
 from .errors import MusicvizError
 from .rendering import check_prompt
 
-# Small enough for a laptop (about 0.9 GB at 4 bits), and follows a line format reliably.
+# Instruction-tuned and small enough for a laptop (about 0.9 GB at 4 bits); its replies are
+# not seen here (no download from this machine).
 DEFAULT_NOTE_WRITER = "mlx-community/Qwen2.5-1.5B-Instruct-4bit"
 # What an mlx-lm checkpoint needs: config, weights, tokenizer (BPE, SentencePiece or tiktoken) and
 # chat template. No *.py: remote code is never run.

@@ -149,6 +149,8 @@ def test_clear_errors(tmp_path, monkeypatch):
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     with pytest.raises(MusicvizError, match="cannot load the language model"):
         write_note_prompts(PROMPT, str(broken))
+    result = cli("note-prompts", "-p", PROMPT, "--seed", "3")
+    assert result.returncode == 2 and "--seed goes with --lm" in result.stderr and not result.stdout
     for args, message in ((["--lm", str(tmp_path / "missing")], "model not found"),
                           (["--lm", str(broken)], "cannot load the language model")):
         result = cli("note-prompts", "-p", PROMPT, *args)
