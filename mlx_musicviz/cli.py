@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .errors import MusicvizError
+from .note_writer import DEFAULT_NOTE_WRITER
 from .walkers import GRID_BEATS, NoiseWalkConfig
 
 
@@ -264,9 +265,9 @@ def preview(prompt, output, notes, note_prompts, model, **kw):
 
 @main.command(name="note-prompts")
 @click.option("-p", "--prompt", required=True, help="The prompt the 12 note prompts are derived from.")
-@click.option("--lm", "lm_model", is_flag=False, flag_value="default", default=None, metavar="[MODEL]",
-              help="Have a language model write them (mlx-lm; an mlx-lm folder or hub id, "
-                   "default mlx-community/Qwen2.5-1.5B-Instruct-4bit).")
+@click.option("--lm", "lm_model", is_flag=False, flag_value=DEFAULT_NOTE_WRITER, default=None, metavar="[MODEL]",
+              help=f"Have a language model write them (mlx-lm; an mlx-lm folder or hub id, "
+                   f"default {DEFAULT_NOTE_WRITER}).")
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="With --lm: 0 writes the same prompts every time; above 0 samples, by --seed.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --lm: the sampling seed.")
@@ -294,9 +295,8 @@ def note_prompts_command(prompt, lm_model, temperature, seed):
             raise click.UsageError(f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --lm")
         prompts = default_note_prompts(prompt)
     else:
-        from .note_writer import DEFAULT_NOTE_WRITER, write_note_prompts
+        from .note_writer import write_note_prompts
 
-        lm_model = DEFAULT_NOTE_WRITER if lm_model == "default" else lm_model
         click.echo(f"writing the note prompts with {lm_model} ...", err=True)
         prompts = write_note_prompts(prompt, lm_model, temperature=temperature, seed=seed)
     click.echo(note_prompts_text(prompts), nl=False)

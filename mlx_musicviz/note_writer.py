@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 
 from .audio import NOTE_NAMES
-from .convert.hub import resolve_source
 from .errors import MusicvizError
-from .rendering import check_prompt
 
 # Instruction-tuned and small enough for a laptop (about 0.9 GB at 4 bits); its replies are
 # not seen here (no download from this machine).
@@ -84,6 +82,9 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     attempts: replies that miss a note are asked again, sampling at 0.7 or more, this many times in all.
     Raises MusicvizError (mlx-lm missing, model not found or unreadable, no complete reply).
     """
+    from .convert.hub import resolve_source  # here, not above: the CLI imports this module at start
+    from .rendering import check_prompt
+
     check_prompt(prompt)
     if attempts < 1:
         raise MusicvizError("attempts must be at least 1")
@@ -104,11 +105,12 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     except Exception as e:  # mlx-lm raises what its loaders raise: missing files, unknown architectures
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MusicvizError(f"cannot load the language model {model}: {first}") from None
-    messages = [{"role": "user", "content": instruction(prompt)}]
+    request = instruction(prompt)
     if getattr(tokenizer, "chat_template", None):
-        request = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        request = tokenizer.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
+                                                tokenize=False)
     else:  # a base model: the instruction as plain text
-        request = messages[0]["content"] + "\n\n"
+        request += "\n\n"
     found: dict[int, str] = {}
     try:
         for attempt in range(attempts):

@@ -69,7 +69,7 @@ def tiny_language_model(folder, train_steps):
 
     optimizer, step = optim.Adam(learning_rate=3e-3), nn.value_and_grad(model, loss)
     for i in range(train_steps):
-        value, grads = step(model, sequences[i % 2])
+        _, grads = step(model, sequences[i % 2])
         optimizer.update(model, grads)
         mx.eval(model.parameters(), optimizer.state)
     save_model(folder, model)
