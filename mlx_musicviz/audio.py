@@ -19,6 +19,7 @@ from .errors import MusicvizError
 SAMPLE_RATE = 22050  # analysis rate (Hz)
 HOP = 256  # analysis hop (samples): 11.6 ms, finer than a 60 fps frame
 BANDS = {"bass": (20.0, 250.0), "mid": (250.0, 4000.0), "treble": (4000.0, 11025.0)}
+MIN_FPS, MAX_FPS = 1.0, 240.0  # video frame rates: a frame a second to the fastest displays' rate
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
@@ -30,6 +31,19 @@ def check_window(start: float | None, duration: float | None) -> None:
         raise MusicvizError(f"start must be a time in seconds from 0 on, got {start}")
     if duration is not None and not (np.isfinite(duration) and duration > 0):
         raise MusicvizError(f"duration must be a positive number of seconds, got {duration}")
+
+
+def window_samples(start: float | None, duration: float | None, rate: int, length: int) -> slice:
+    """The samples of the window `start` / `duration` (seconds; None: from 0 / to the end) in a
+    signal of `length` samples at `rate` Hz, clipped to the signal: a start past its end gives an
+    empty window, a duration past it the rest of the signal (1e308 s must not overflow an int)."""
+
+    def samples(seconds: float) -> int:
+        x = seconds * rate
+        return length if x >= length else int(round(x))
+
+    first = samples(start or 0)
+    return slice(first, length if duration is None else min(length, first + samples(duration)))
 
 
 def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
@@ -50,11 +64,7 @@ def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duratio
     else:
         y = decode_file(Path(audio), sr)
     y = np.nan_to_num(y.astype(np.float32, copy=False))
-    if start:
-        y = y[int(round(start * sr)):]
-    if duration is not None:
-        y = y[: int(round(duration * sr))]
-    return y, sr
+    return y[window_samples(start, duration, sr, len(y))], sr
 
 
 def _resample(y: np.ndarray, rate: int, sr: int) -> np.ndarray:
@@ -183,12 +193,13 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
             n_sections: int | None = None) -> AudioFeatures:
     """Decode `audio` (path or (samples, rate)) and compute every feature on the frame grid at `fps`.
 
-    start / duration (seconds) select a window of the song. Raises MusicvizError on bad input.
+    fps: frames per second, MIN_FPS to MAX_FPS (1 to 240). start / duration (seconds) select a window
+    of the song, clipped to it. Raises MusicvizError on bad input.
     """
     import librosa
 
-    if not fps or fps <= 0 or not np.isfinite(fps):
-        raise MusicvizError(f"fps must be a positive number, got {fps}")
+    if fps is None or not MIN_FPS <= fps <= MAX_FPS:  # nan fails both comparisons
+        raise MusicvizError(f"fps must be from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
     y, sr = load_audio(audio, SAMPLE_RATE, start, duration)
     seconds = len(y) / sr
     n = frame_count(seconds, fps)

@@ -115,7 +115,7 @@ def _image_options(fn):
         click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9",
                      help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, ...)."),
         click.option("--size", default="512", show_default=True,
-                     help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64."),
+                     help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64, at most 1024x1024 pixels."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
@@ -129,7 +129,7 @@ def _render_options(fn):
     return _options(fn, [
         click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
                      help="Output .mp4 (default: <song name>.mp4)."),
-        click.option("--fps", type=float, default=30, show_default=True),
+        click.option("--fps", type=float, default=30, show_default=True, help="Frames per second, 1 to 240."),
         click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
         click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),
         click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality, 0 (lossless) to 51; lower is better."),
@@ -304,7 +304,7 @@ def note_prompts_command(prompt, lm_model, temperature, seed):
 
 @main.command()
 @click.argument("song", type=click.Path())
-@click.option("--fps", type=float, default=30, show_default=True)
+@click.option("--fps", type=float, default=30, show_default=True, help="Frames per second, 1 to 240.")
 @click.option("--start", type=float, default=None)
 @click.option("--duration", type=float, default=None)
 @click.option("--out", "chart", type=click.Path(), default=None,

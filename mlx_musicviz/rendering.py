@@ -48,10 +48,16 @@ class RenderResult:
     resumed: int = 0  # frames kept from an interrupted run of the same render
 
 
+# The largest frame: the UNet's self-attention at the first level holds (pixels / 64)^2 weights a
+# head (1 GiB at 1024x1024), and SDXS-512 composes poorly far from its training size anyway.
+MAX_PIXELS = 1024 * 1024
+
+
 def frame_size(size) -> tuple[int, int]:
     """(width, height) in pixels of the video's frames from `size`: an int (a square), a (width,
     height) pair, or a "WIDTHxHEIGHT" string such as "768x448". Both must be multiples of 64 (the
-    UNet halves the 8x-smaller latents three times). Raises MusicvizError otherwise."""
+    UNet halves the 8x-smaller latents three times), at most MAX_PIXELS in all. Raises MusicvizError
+    otherwise."""
     if isinstance(size, str):
         parts = size.lower().split("x")
     else:
@@ -63,6 +69,9 @@ def frame_size(size) -> tuple[int, int]:
     if len(dims) != 2 or min(dims) <= 0 or dims[0] % 64 or dims[1] % 64:
         raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512) or WIDTHxHEIGHT in "
                             "multiples of 64 (e.g. 768x448)")
+    if dims[0] * dims[1] > MAX_PIXELS:
+        raise MusicvizError(f"size {dims[0]}x{dims[1]} is too large: at most {MAX_PIXELS:,} pixels a frame "
+                            "(e.g. 1024x1024 or 1280x768; SDXS-512 was trained at 512x512)")
     return dims[0], dims[1]
 
 
@@ -163,7 +172,9 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
            progress=None, pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
-    size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64.
+    fps: frames per second, 1 to 240.
+    size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64,
+        at most 1024x1024 pixels.
     note_prompts: 12 prompts (C..B); default: the prompt in Scriabin's colour for each note.
     section_prompts: base prompts for the song's sections in turn (crossfaded at boundaries).
     cadence: run the UNet on every `cadence`-th frame only and blend the latents between (see

@@ -283,7 +283,7 @@ class SegmentedVideo:
 
 def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.ndarray, int]:
     """(channels, n) float32 samples at the file's own rate (or the given pair's), for the window."""
-    from .audio import check_window, decode_file
+    from .audio import check_window, decode_file, window_samples
 
     check_window(start, duration)
     if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
@@ -292,6 +292,4 @@ def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.n
     else:
         y = decode_file(Path(audio), AUDIO_RATE, mono=False)
         rate = AUDIO_RATE
-    a = int(round((start or 0) * rate))
-    b = None if duration is None else a + int(round(duration * rate))
-    return np.clip(y[:, a:b], -1, 1), rate
+    return np.clip(y[:, window_samples(start, duration, rate, y.shape[1])], -1, 1), rate

@@ -133,6 +133,11 @@ def test_output_folder_missing_or_unwritable(tmp_path):
     (["--crf", "52"], "crf must be"), (["--crf", "-1"], "crf must be"),
     (["--seed", "-1"], "seed must be"), (["--seed", str(2**64)], "seed must be"),
     (["--cadence", "0"], "cadence must be"),
+    # beyond any sensible range: 1e308 seconds or fps overflowed int() (a traceback), a huge frame
+    # was killed for memory
+    (["--fps", "1e308"], "fps must be from 1 to 240"), (["--fps", "241"], "fps must be from 1 to 240"),
+    (["--fps", "0.5"], "fps must be from 1 to 240"), (["--start", "1e308"], "audio is too short"),
+    (["--size", "64x999999936"], "too large"), (["--size", "1088"], "too large"),
 ])
 def test_bad_numbers(tmp_path, args, needle):
     _bad(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)
@@ -147,6 +152,10 @@ def test_audio_window_is_checked_where_the_audio_is_read():
                 read(y, start=start, duration=duration)
     assert load_audio(y, 22050, start=0.5, duration=0.25)[0].shape == (5512,)
     assert soundtrack(y, 0.5, 0.25)[0].shape == (1, 5512)
+    # windows past the end are clipped to the song, however far (no int overflow)
+    for start, duration, kept in ((0.5, 1e308, 11025), (1e308, None, 0), (2.0, 1.0, 0), (None, 1e300, 22050)):
+        assert load_audio(y, 22050, start=start, duration=duration)[0].shape == (kept,)
+        assert soundtrack(y, start, duration)[0].shape == (1, kept)
 
 
 def test_empty_prompt(tmp_path):
