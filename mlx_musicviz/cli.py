@@ -36,7 +36,9 @@ def friendly_errors(fn):
             click.echo(_with_notes(e, "interrupted"), err=True)
             sys.exit(130)
         except MemoryError:
-            click.echo("error: out of memory; try a smaller --batch-size or --size", err=True)
+            options = [f"--{name.replace('_', '-')}" for name in ("batch_size", "size") if name in kwargs]
+            click.echo("error: out of memory" + (f"; try a smaller {' or '.join(options)}" if options else ""),
+                       err=True)
             sys.exit(1)
 
     return wrapper

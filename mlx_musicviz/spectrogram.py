@@ -34,6 +34,10 @@ METADATA_KEY = "musicviz-mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma")
 
 
+MAX_SIDE = 65535  # pixels: the most a PNG tile's side may be here (height = mel bands, width = columns)
+MAX_SAMPLES = 1 << 20  # the largest sample rate, FFT and hop (an FFT of 1 Mi samples is 24 s at 44.1 kHz)
+
+
 @dataclass(frozen=True)
 class MelParams:
     sample_rate: int = 44100
@@ -59,6 +63,10 @@ class MelParams:
             raise MusicvizError(f"scale must be 'db' or 'power', not {self.scale!r}")
         if min(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, self.tile_width, self.win_length) <= 0:
             raise MusicvizError("sample rate, n_fft, hop, window, mel bands and tile width must be positive")
+        if max(self.n_mels, self.tile_width) > MAX_SIDE:
+            raise MusicvizError(f"mel bands and tile width are the image's sides: at most {MAX_SIDE} each")
+        if max(self.n_fft, self.hop_length, self.sample_rate) > MAX_SAMPLES:
+            raise MusicvizError(f"sample rate, n_fft and hop must be at most {MAX_SAMPLES}")
         if self.win_length > self.n_fft:
             raise MusicvizError(f"window {self.win_length} is longer than n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:

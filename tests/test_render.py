@@ -143,6 +143,21 @@ def test_bad_numbers(tmp_path, args, needle):
     _bad(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)
 
 
+def test_out_of_memory_is_one_line_naming_the_options_that_lower_it(capsys):
+    from mlx_musicviz.cli import friendly_errors
+
+    @friendly_errors
+    def command(**options):
+        raise MemoryError
+
+    for options, line in (({"batch_size": 2, "size": "512"}, "error: out of memory; try a smaller --batch-size or --size"),
+                          ({"size": 512}, "error: out of memory; try a smaller --size"),
+                          ({"src": "songs"}, "error: out of memory")):  # mels has neither option
+        with pytest.raises(SystemExit) as exit_:
+            command(**options)
+        assert exit_.value.code == 1 and capsys.readouterr().err.strip() == line
+
+
 def test_audio_window_is_checked_where_the_audio_is_read():
     """load_audio (the analysis) and soundtrack (the video's audio) refuse the same bad windows."""
     y = (np.zeros(22050, np.float32), 22050)

@@ -116,3 +116,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     soundfile.write(wav, np.zeros(22050, dtype=np.float32), 22050)
     (tmp_path / "file").write_text("x")
     one_line_error(cli("mels", str(wav), str(tmp_path / "file")), "not a folder")
+    # sizes past what a tile or an FFT can be: numpy's "maximum dimension exceeded" was a traceback
+    for option, value, needle in (("--tile-width", str(10**20), "at most 65535"), ("--n-mels", "65536", "at most 65535"),
+                                  ("--hop", str(10**20), "at most 1048576")):
+        one_line_error(cli("mels", str(wav), str(tmp_path / "big"), option, value), needle)
+        assert not (tmp_path / "big").exists()
