@@ -52,7 +52,8 @@ class BenchConfig:
     vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
 
     def check(self) -> None:
-        """Raise MusicvizError for a level, batch size or VAE the runner cannot time."""
+        """Raise MusicvizError for a level, batch size, VAE, number of runs or render length the runner
+        cannot time."""
         from .pipeline import VAE_CHOICES
 
         unknown = [lv for lv in self.levels if lv not in LEVELS]
@@ -62,6 +63,10 @@ class BenchConfig:
             raise MusicvizError(f"unknown VAE {self.vae!r}; choose from {', '.join(VAE_CHOICES)}")
         if not self.batches or any(b < 1 for b in self.batches):
             raise MusicvizError("batch sizes must be at least 1")
+        if self.runs < 1:
+            raise MusicvizError(f"runs must be at least 1 (timed rounds after the warm-up), got {self.runs}")
+        if not 0 <= self.render_seconds < float("inf"):  # nan fails too
+            raise MusicvizError(f"render seconds must be 0 (no render) or more, got {self.render_seconds}")
 
 
 @dataclass

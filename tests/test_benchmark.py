@@ -193,6 +193,14 @@ def test_bench_quick_refuses_the_options_it_would_override(tmp_path):
     assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())
     r = bench("--levels", "3bit", "--batches", "1", "--render-seconds", "0", "--no-reference")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown level '3bit'"), r.stderr
+    # no timed round, or a negative or nan render length, was a run of nan medians or no render at all
+    for option, value, needle in (("--runs", "0", "runs must be at least 1"),
+                                  ("--render-seconds", "-1", "render seconds must be 0"),
+                                  ("--render-seconds", "nan", "render seconds must be 0")):
+        args = {"--runs": "1", "--render-seconds": "0", option: value}
+        r = bench("--levels", "float32", "--batches", "1", "--no-reference", *[x for kv in args.items() for x in kv])
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(f"error: {needle}"), r.stderr
+        assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
