@@ -88,7 +88,7 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     check_prompt(prompt)
     if attempts < 1:
         raise MusicvizError("attempts must be at least 1")
-    if temperature < 0:
+    if not 0 <= temperature < float("inf"):  # nan fails too
         raise MusicvizError(f"temperature must be 0 or more, got {temperature}")
     if not isinstance(seed, int) or not 0 <= seed < 2**64 - attempts:
         raise MusicvizError(f"seed must be an integer from 0 to 2**64 - {attempts + 1}, got {seed}")

@@ -141,6 +141,8 @@ def test_an_incomplete_reply_is_asked_again_then_refused(untrained, monkeypatch)
 def test_clear_errors(tmp_path, monkeypatch):
     for kwargs, message in (({"attempts": 0}, "attempts must be at least 1"),
                             ({"temperature": -1.0}, "temperature must be 0 or more"),
+                            ({"temperature": float("nan")}, "temperature must be 0 or more"),
+                            ({"temperature": float("inf")}, "temperature must be 0 or more"),
                             ({"seed": -1}, "seed must be an integer from 0")):
         with pytest.raises(MusicvizError, match=message):
             write_note_prompts(PROMPT, str(tmp_path), **kwargs)
