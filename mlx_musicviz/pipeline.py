@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -227,9 +228,15 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
     `random:NAME` (random weights of a known architecture: see `random_models`).
 
-    dtype: the compute dtype (activations). bits / group_size / mixed: quantize a float model
-    (converted once into the cache); a quantized checkpoint needs no flag, its record says how.
+    dtype: the compute dtype (activations). float32 on the CPU: there mlx has no half-precision
+    BLAS, so float16 and bfloat16 are slower, not faster (a warning says so); on a GPU they halve the
+    memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
+    cache); a quantized checkpoint needs no flag, its record says how.
     """
+    if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:
+        name = str(dtype).removeprefix("mlx.core.")
+        warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
+                      "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
     if str(path_or_repo).startswith("random:"):
         return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
                                mixed=mixed)

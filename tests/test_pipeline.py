@@ -1,5 +1,7 @@
 """The one-step pipeline against diffusers' StableDiffusionPipeline(num_inference_steps=1, guidance_scale=0)."""
 
+import warnings
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -110,3 +112,16 @@ def test_random_models_carry_a_large_vae_built_when_first_used(name):
     images = pipe.decode(latents, "large")
     assert images.shape == (1, 64, 64, 3) and pipe.weight_bytes()["vae_large"] > 0
     assert mx.array_equal(images, Pipeline.random(name).decode(latents, "large"))
+
+
+
+def test_half_precision_on_the_cpu_warns_that_it_is_slower():
+    """mlx's CPU has no half-precision BLAS: asking for float16 or bfloat16 compute there says so."""
+    with mx.stream(mx.cpu):
+        for dtype in (mx.float16, mx.bfloat16):
+            with pytest.warns(UserWarning, match="no half-precision BLAS"):
+                pipe = load_pipeline("random:tiny", dtype=dtype)
+            assert pipe.unet.conv_in.weight.dtype == dtype
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_pipeline("random:tiny")
