@@ -404,7 +404,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
     pipes, embeddings = {}, {}
     for level in config.levels:
-        with warnings.catch_warnings(record=True) as caught:  # half precision on the CPU: logged, not a traceback line
+        with warnings.catch_warnings(record=True) as caught:  # half precision on the CPU: logged as one line
             warnings.simplefilter("always")
             pipe = pipes[level] = _pipeline(source, level, config.group_size, config.vae)
         for warning in caught:

@@ -48,8 +48,8 @@ class RenderResult:
     resumed: int = 0  # frames kept from an interrupted run of the same render
 
 
-# The largest frame: the UNet's self-attention at the first level holds (pixels / 64)^2 weights a
-# head (1 GiB at 1024x1024), and SDXS-512 composes poorly far from its training size anyway.
+# The largest frame: the UNet's self-attention at its first level holds (pixels / 64)^2 float32
+# weights a head (1 GiB at 1024x1024; 16 GiB at 2048x2048), and SDXS-512 was trained at 512x512.
 MAX_PIXELS = 1024 * 1024
 
 
