@@ -17,6 +17,14 @@ LANE = 70
 LEFT = 110
 
 
+def check_chart_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path when a chart can be written there (a .png in an existing folder); else MusicvizError."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise MusicvizError(f"the chart is a PNG: give a path ending in .png, not {path.name}")
+    return check_output_path(path)
+
+
 def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str = "",
                    noise: NoiseWalkConfig | None = None, prompt: PromptWalkConfig | None = None) -> Path:
     """Draw the features of `features` and the two walks they drive into a PNG at `path`.
@@ -28,10 +36,7 @@ def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str 
     """
     from PIL import Image, ImageDraw
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise MusicvizError(f"the chart is a PNG: give a path ending in .png, not {path.name}")
-    check_output_path(path)
+    path = check_chart_path(path)
     n = max(features.n_frames, 1)
     angles = angle_schedule(features, noise or NoiseWalkConfig())
     speed = np.abs(np.diff(angles, prepend=angles[:1])) * features.fps

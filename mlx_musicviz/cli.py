@@ -326,7 +326,10 @@ def analyze(song, fps, start, duration, chart, mode, beat_grid, motion):
     from .walkers import PromptWalkConfig
 
     noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
+    if chart:  # before the analysis, which takes seconds to minutes
+        from .charts import check_chart_path
 
+        check_chart_path(chart)
     f = run(song, fps=fps, start=start, duration=duration)
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, tempo {f.tempo:.1f} BPM, "
                f"{len(f.beat_times)} beats, {len(f.onset_times)} onsets, sections at "

@@ -156,7 +156,10 @@ def test_analyze_cli_draws_the_features_chart(tmp_path):
     assert (pixels < 128).mean() > 0.02  # curves and heat maps were drawn, not a blank canvas
     r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(tmp_path / "x.jpg")],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error: the chart is a PNG") and r.stdout == ""  # before the analysis
+    r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out",
+                        str(tmp_path / "missing" / "f.png")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: output folder does not exist") and r.stdout == ""
     # the chart draws the walks that render's options would make
     r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(tmp_path / "calm.png"),
                         "--beat-grid", "whole", "--motion", "0.05"], capture_output=True, text=True)
