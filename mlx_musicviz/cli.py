@@ -130,7 +130,7 @@ def _render_options(fn):
     fn = _walk_options(_image_options(fn))
     return _options(fn, [
         click.option("-o", "--output", type=click.Path(dir_okay=True), default=None,
-                     help="Output .mp4 (default: <song name>.mp4)."),
+                     help="Output .mp4, .m4v or .mov (default: <song name>.mp4)."),
         click.option("--fps", type=float, default=30, show_default=True, help="Frames per second, 1 to 240."),
         click.option("--start", type=float, default=None, help="Start of the song window (seconds)."),
         click.option("--duration", type=float, default=None, help="Length of the song window (seconds)."),

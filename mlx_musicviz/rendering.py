@@ -23,8 +23,7 @@ import numpy as np
 from .audio import analyze
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
-from .files import check_output_path
-from .video import MAX_CRF, SegmentedVideo, soundtrack
+from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
@@ -172,6 +171,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
            progress=None, pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
+    output: the video's path, ending in .mp4, .m4v or .mov (H.264 with AAC audio); default
+        "<song name>.mp4".
     fps: frames per second, 1 to 240.
     size: frame width and height in pixels: 512 (square), (768, 448) or "768x448"; multiples of 64,
         at most 1024x1024 pixels.
@@ -197,7 +198,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     if output is None:
         stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
         output = f"{stem}.mp4"
-    output = check_output_path(output)
+    output = check_video_path(output)
 
     features = analyze(audio, fps=fps, start=start, duration=duration)
     times["analysis"] = time.perf_counter() - t0

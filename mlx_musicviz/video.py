@@ -27,6 +27,21 @@ AUDIO_RATE = 44100
 MAX_CRF = 51  # libx264's quality scale for 8-bit video: 0 (lossless) to 51
 
 
+# Output names and the container each is written as: H.264 with AAC audio goes in the ISO base media
+# family only; another name (.avi, .webm, .mkv, .gif) would get an MP4 under a name that misleads players.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+
+
+def check_video_path(output: str | os.PathLike) -> Path:
+    """`output` as a Path when a video can be written there: a name ending in one of `CONTAINERS`, in a
+    folder that exists and can be written. Raises MusicvizError otherwise."""
+    path = check_output_path(output)
+    if path.suffix.lower() not in CONTAINERS:
+        raise MusicvizError(f"the video is H.264 with AAC audio in an MP4 container: name the output "
+                            f"{', '.join(CONTAINERS)}, not {path.name}")
+    return path
+
+
 def frame_rate(fps: float) -> Fraction:
     """The stream's exact frame rate for `fps` (29.97 -> 30000/1001): the segments, their manifest
     and the join must all agree on it."""
@@ -135,7 +150,7 @@ class SegmentedVideo:
 
     def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int,
                  fingerprint: dict, resume: bool = True, segment_frames: int = 300, segment_seconds: float = 60.0):
-        self.target = check_output_path(output)
+        self.target = check_video_path(output)
         self.folder = parts_folder(self.target)
         self._lock_path = self.folder.with_name(self.folder.name + ".lock")
         try:
@@ -223,7 +238,8 @@ class SegmentedVideo:
         if self._writer is not None:
             self._close_segment()
         with atomic_output(self.target) as tmp:
-            with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+            with av.open(tmp, mode="w", format=CONTAINERS[self.target.suffix.lower()],
+                         options={"movflags": "+faststart"}) as out:
                 with av.open(str(self.paths[0])) as first:  # every stream is added before the first packet
                     template = first.streams.video[0]
                     video, extradata = out.add_stream_from_template(template), template.codec_context.extradata

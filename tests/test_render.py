@@ -114,6 +114,25 @@ def test_output_is_a_folder(tmp_path):
     assert r.returncode == 1 and "folder" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("name", ["out.avi", "out.webm", "out.mkv", "out.gif", "out"])
+def test_output_named_for_another_container_is_refused(tmp_path, name):
+    # it would have been an MP4 under a name that tells players it is something else
+    r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "-o", str(tmp_path / name))
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1 and len(lines) == 1 and ".mp4, .m4v, .mov" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,container", [("clip.mov", "mov"), ("clip.M4V", "mp4")])
+def test_mov_and_m4v_outputs_are_written_as_named(tmp_path, name, container):
+    y = (0.1 * np.sin(np.arange(11025) / 10)).astype(np.float32)
+    result = render((y, 22050), "x", output=tmp_path / name, model="random:tiny", size=64, fps=8)
+    head = result.output.read_bytes()[:12]  # the ftyp box names the container: QuickTime or ISO MP4
+    assert head[4:8] == b"ftyp" and head[8:12] == (b"qt  " if container == "mov" else b"isom")
+    with av.open(str(result.output)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"] and len(list(c.decode(video=0))) == 4
+
+
 def test_output_folder_missing_or_unwritable(tmp_path):
     (tmp_path / "file").write_text("x")
     for target in (tmp_path / "missing" / "out.mp4", tmp_path / "file" / "out.mp4", "/proc/out.mp4"):
