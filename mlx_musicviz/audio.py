@@ -46,24 +46,56 @@ def window_samples(start: float | None, duration: float | None, rate: int, lengt
     return slice(first, length if duration is None else min(length, first + samples(duration)))
 
 
-def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
-    """Mono float32 samples at `sr` Hz from a path (any format PyAV decodes) or a (samples, rate) pair.
+def is_sample_pair(audio) -> bool:
+    """Whether `audio` is a (samples, sample_rate) pair rather than a path."""
+    return isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike))
 
-    samples may be (n,) or (n, channels) / (channels, n); start and duration are in seconds.
+
+def sample_pair(audio) -> tuple[np.ndarray, int]:
+    """A (samples, rate) pair as float32 (channels, n) samples in [-1, 1] scale and the rate in Hz.
+
+    samples may be (n,), (n, channels) or (channels, n) (the shorter side is the channels); floats are
+    taken as they are, integers scaled by their type's range (int16 from a WAV reader: / 32768).
+    Non-finite samples (NaN, infinity) become silence.
+    """
+    samples, rate = np.asarray(audio[0]), audio[1]
+    try:
+        rate = int(rate)
+    except (TypeError, ValueError, OverflowError):
+        raise MusicvizError(f"sample rate must be a whole number of Hz, got {rate!r}") from None
+    if rate <= 0:
+        raise MusicvizError(f"sample rate must be positive, got {rate}")
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        middle = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed types, 128 for uint8
+        samples = (samples.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+    elif samples.dtype.kind not in "fb":
+        raise MusicvizError(f"audio samples must be real numbers, got {samples.dtype}")
+    if samples.ndim == 1:
+        samples = samples[None]
+    elif samples.ndim == 2:
+        samples = samples if samples.shape[0] <= samples.shape[1] else samples.T
+    else:
+        raise MusicvizError(f"audio samples must be 1-D or 2-D, got shape {samples.shape}")
+    return finite_samples(samples), rate
+
+
+def finite_samples(y: np.ndarray) -> np.ndarray:
+    """`y` as float32 with NaN and infinite samples (a damaged float file) replaced by silence."""
+    return np.nan_to_num(np.asarray(y, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples at `sr` Hz from a path (any format PyAV decodes) or a (samples, rate) pair
+    (see `sample_pair`); start and duration are in seconds.
     """
     check_window(start, duration)
-    if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
-        samples, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
-        if rate <= 0:
-            raise MusicvizError(f"sample rate must be positive, got {rate}")
-        if samples.ndim == 2:
-            samples = samples.mean(axis=0 if samples.shape[0] < samples.shape[1] else 1)
-        if samples.ndim != 1:
-            raise MusicvizError(f"audio samples must be 1-D or 2-D, got shape {samples.shape}")
+    if is_sample_pair(audio):
+        samples, rate = sample_pair(audio)
+        samples = samples.mean(axis=0)
         y = samples if rate == sr else _resample(samples, rate, sr)
     else:
         y = decode_file(Path(audio), sr)
-    y = np.nan_to_num(y.astype(np.float32, copy=False))
     return y[window_samples(start, duration, sr, len(y))], sr
 
 
@@ -106,7 +138,7 @@ def decode_file(path: Path, sr: int = SAMPLE_RATE, mono: bool = True) -> np.ndar
         # A truncated file: keep what decoded.
     if not chunks:
         raise MusicvizError(f"{path} holds no decodable audio")
-    y = np.concatenate(chunks, axis=1).astype(np.float32)
+    y = finite_samples(np.concatenate(chunks, axis=1))
     return y[0] if mono else y
 
 

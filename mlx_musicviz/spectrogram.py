@@ -121,7 +121,9 @@ def audio_to_images(samples: np.ndarray, p: MelParams, name: str = "") -> list[t
     from PIL import Image
 
     p.check()
-    samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
+    from .audio import finite_samples
+
+    samples = np.atleast_2d(finite_samples(samples))
     channels = [samples[0], samples[min(1, len(samples) - 1)]] if p.stereo else [samples.mean(axis=0)]
     mels = [mel_magnitude(c, p) for c in channels]
     peak = max(float(m.max()) for m in mels)

@@ -299,12 +299,11 @@ class SegmentedVideo:
 
 def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.ndarray, int]:
     """(channels, n) float32 samples at the file's own rate (or the given pair's), for the window."""
-    from .audio import check_window, decode_file, window_samples
+    from .audio import check_window, decode_file, is_sample_pair, sample_pair, window_samples
 
     check_window(start, duration)
-    if isinstance(audio, (tuple, list)) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike)):
-        y, rate = np.asarray(audio[0], dtype=np.float32), int(audio[1])
-        y = y[None] if y.ndim == 1 else (y if y.shape[0] < y.shape[1] else y.T)
+    if is_sample_pair(audio):
+        y, rate = sample_pair(audio)
     else:
         y = decode_file(Path(audio), AUDIO_RATE, mono=False)
         rate = AUDIO_RATE

@@ -51,6 +51,17 @@ def test_low_frequencies_at_the_bottom_and_metadata_inverts(tmp_path):
     assert stored["columns"] == 128 and stored["tile"] == 0
 
 
+def test_nan_and_infinite_samples_are_silence():
+    """Damaged samples must not set the tiles' scale (a NaN or infinite peak made every pixel 0 or NaN)."""
+    y = decode_file(AUDIO / RECORDINGS[0], 44100)[: 44100 * 3]
+    damaged = y.copy()
+    damaged[1000:1100], damaged[5000] = np.nan, np.inf
+    clean = np.where(np.isfinite(damaged), damaged, 0).astype(np.float32)
+    (a, meta_a), = audio_to_images(damaged, PRESETS["default"])[:1]
+    (b, meta_b), = audio_to_images(clean, PRESETS["default"])[:1]
+    assert meta_a == meta_b and np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_riffusion_preset_inverts_and_flips():
     p = PRESETS["riffusion"]
     assert (p.sample_rate, p.hop_length, p.win_length, p.n_fft, p.n_mels, p.f_max) == (44100, 441, 4410, 17640, 512, 10000)
