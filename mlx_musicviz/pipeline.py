@@ -160,8 +160,12 @@ class Pipeline:
     def vae_scale_factor(self) -> int:
         return 8
 
+    @property
+    def latent_multiple(self) -> int:
+        return 8  # latent sides the UNet takes: it halves them up to three times
+
     def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
-        s = self.vae_scale_factor * 8  # the UNet halves the latents twice or thrice
+        s = self.vae_scale_factor * self.latent_multiple
         if height % s or width % s or height <= 0 or width <= 0:
             raise MusicvizError(f"image size {width}x{height} is not supported: use multiples of {s}")
         return (batch, height // self.vae_scale_factor, width // self.vae_scale_factor, self.latent_channels)
@@ -173,10 +177,26 @@ class Pipeline:
         """Text embeddings (N, 77, D): the text encoder's last hidden state."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not len(prompts):
+            raise MusicvizError("no prompts to encode")
         return self.text_encoder(self.tokenize(prompts)).last_hidden_state
+
+    def check_inputs(self, latents: mx.array, prompt_embeds: mx.array) -> None:
+        """MusicvizError unless `latents` are (N, h, w, C) latents this UNet takes (h and w multiples
+        of 8: images of multiples of 64 pixels) and `prompt_embeds` (N or 1, tokens, D) its text width.
+        Shapes only: mlx's own errors for these name a convolution deep inside the model."""
+        s = self.latent_multiple
+        c, d = self.latent_channels, self.unet.config.cross_attention_dim
+        if latents.ndim != 4 or latents.shape[3] != c or latents.shape[1] % s or latents.shape[2] % s or not latents.size:
+            raise MusicvizError(f"latents must be (N, h, w, {c}) with h and w multiples of {s} "
+                                f"(images of multiples of {s * self.vae_scale_factor} pixels), got {tuple(latents.shape)}")
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != d or prompt_embeds.shape[0] not in (1, latents.shape[0]):
+            raise MusicvizError(f"prompt_embeds must be (N or 1, tokens, {d}) for {latents.shape[0]} latents "
+                                f"(encode_prompt's output), got {tuple(prompt_embeds.shape)}")
 
     def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         """One UNet call at the scheduler's timestep and the scheduler's step."""
+        self.check_inputs(latents, prompt_embeds)
         latents = latents.astype(self.dtype)
         noise = self.unet(latents, None, prompt_embeds.astype(self.dtype), temb=self._temb)
         return self.scheduler.step(noise, latents)
@@ -195,8 +215,7 @@ class Pipeline:
 
     def generate(self, latents: mx.array, prompt_embeds: mx.array, vae: str = "tiny") -> mx.array:
         """Initial noise latents (N, h, w, C) and embeddings (N or 1, 77, D) -> uint8 (N, 8h, 8w, 3)."""
-        if prompt_embeds.shape[0] not in (1, latents.shape[0]):
-            raise MusicvizError("prompt_embeds must have batch 1 or the latents' batch")
+        self.check_inputs(latents, prompt_embeds)
         if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
             prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
         return self.decode(self.denoise(latents, prompt_embeds), vae)
@@ -233,6 +252,8 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
     cache); a quantized checkpoint needs no flag, its record says how.
     """
+    if dtype not in (mx.float32, mx.float16, mx.bfloat16):
+        raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
     if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:
         name = str(dtype).removeprefix("mlx.core.")
         warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "

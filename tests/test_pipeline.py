@@ -125,3 +125,24 @@ def test_half_precision_on_the_cpu_warns_that_it_is_slower():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             load_pipeline("random:tiny")
+
+
+def test_bad_shapes_and_dtypes_are_named_before_the_model_runs():
+    """mlx's own errors for these name a convolution or a concatenation deep inside the UNet."""
+    from mlx_musicviz.errors import MusicvizError
+
+    pipe = load_pipeline("random:tiny")
+    emb = pipe.encode_prompt("x")
+    for latents in (mx.zeros((8, 8, 4)), mx.zeros((1, 8, 8, 3)), mx.zeros((1, 7, 9, 4)), mx.zeros((0, 8, 8, 4))):
+        for call in (pipe.generate, pipe.denoise):
+            with pytest.raises(MusicvizError, match=r"latents must be \(N, h, w, 4\) with h and w multiples of 8"):
+                call(latents, emb)
+    for embeds in (emb[0], emb[..., :-1], mx.concatenate([emb, emb, emb])):
+        for call in (pipe.generate, pipe.denoise):
+            with pytest.raises(MusicvizError, match="prompt_embeds must be"):
+                call(mx.zeros((2, 8, 16, 4)), embeds)
+    assert pipe.generate(mx.zeros((2, 8, 16, 4)), emb).shape == (2, 64, 128, 3)  # batch-1 embeddings are shared
+    with pytest.raises(MusicvizError, match="no prompts"):
+        pipe.encode_prompt([])
+    with pytest.raises(MusicvizError, match="dtype must be"):
+        load_pipeline("random:tiny", dtype=mx.int32)
