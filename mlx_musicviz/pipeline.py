@@ -197,6 +197,9 @@ class Pipeline:
     def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         """One UNet call at the scheduler's timestep and the scheduler's step."""
         self.check_inputs(latents, prompt_embeds)
+        return self._denoise(latents, prompt_embeds)
+
+    def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         latents = latents.astype(self.dtype)
         noise = self.unet(latents, None, prompt_embeds.astype(self.dtype), temb=self._temb)
         return self.scheduler.step(noise, latents)
@@ -218,7 +221,7 @@ class Pipeline:
         self.check_inputs(latents, prompt_embeds)
         if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
             prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
-        return self.decode(self.denoise(latents, prompt_embeds), vae)
+        return self.decode(self._denoise(latents, prompt_embeds), vae)
 
 
 def _load_component(folder: Path, name: str, dtype):

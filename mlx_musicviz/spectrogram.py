@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import decode_file, finite_samples
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 
@@ -121,8 +122,6 @@ def audio_to_images(samples: np.ndarray, p: MelParams, name: str = "") -> list[t
     from PIL import Image
 
     p.check()
-    from .audio import finite_samples
-
     samples = np.atleast_2d(finite_samples(samples))
     channels = [samples[0], samples[min(1, len(samples) - 1)]] if p.stereo else [samples.mean(axis=0)]
     mels = [mel_magnitude(c, p) for c in channels]
@@ -180,7 +179,6 @@ def folder_to_images(src: Path, out: Path, p: MelParams, progress=None) -> tuple
     Returns (written PNGs, [(unreadable file, why)]); unreadable files are skipped, not fatal.
     progress: called as progress(done_files, total_files, path).
     """
-    from .audio import decode_file
 
     p.check()
     src, out = Path(src), Path(out)
