@@ -179,7 +179,6 @@ def folder_to_images(src: Path, out: Path, p: MelParams, progress=None) -> tuple
     Returns (written PNGs, [(unreadable file, why)]); unreadable files are skipped, not fatal.
     progress: called as progress(done_files, total_files, path).
     """
-
     p.check()
     src, out = Path(src), Path(out)
     files = find_audio(src)
