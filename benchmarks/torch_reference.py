@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class TorchReference:
         self._child.stdin.flush()
         return self._reply()["seconds"]
 
+    def profile(self, component: str, batch: int) -> dict[str, float]:
+        """One call of `component` on `batch` images under torch.profiler: seconds by kind of work
+        (`torch_kind` of each operator's self time; "other" is the rest of the call) and "total"."""
+        self._child.stdin.write(json.dumps({"profile": component, "batch": batch}) + "\n")
+        self._child.stdin.flush()
+        return self._reply()["seconds"]
+
     def _reply(self) -> dict:
         from mlx_musicviz.errors import MusicvizError
 
@@ -110,6 +118,26 @@ LAYER_KEYS = ("kind", "input", "weight", "stride", "padding", "upsample", "bias"
 def layer_request(spec: dict, burst: int) -> dict:
     """The request line (as JSON) that asks the child to time a layer of `spec`'s shape."""
     return {"layer": {k: spec[k] for k in LAYER_KEYS if k in spec}, "burst": burst}
+
+
+# Operators by kind of work, as the benchmark's MLX profile counts them (mlx_musicviz.benchmark.PROFILE_KINDS).
+# An upsampler's nearest upsampling counts with its convolution: MLX's computes both at once.
+TORCH_KINDS = {
+    "convolution": ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
+                    "aten::_slow_conv2d_forward", "aten::thnn_conv2d", "aten::upsample_nearest2d"),
+    "linear": ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::t"),
+    "attention core": ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                       "aten::_scaled_dot_product_attention_math", "aten::baddbmm", "aten::bmm", "aten::softmax",
+                       "aten::_softmax"),
+    "norm and activation": ("aten::group_norm", "aten::native_group_norm", "aten::layer_norm",
+                            "aten::native_layer_norm", "aten::gelu", "aten::silu", "aten::relu", "aten::clamp_min",
+                            "aten::tanh"),
+}
+
+
+def torch_kind(operator: str) -> str:
+    """The kind of work a torch.profiler operator name does ("other" for any not listed)."""
+    return next((kind for kind, names in TORCH_KINDS.items() if operator in names), "other")
 
 
 # ---- the child process: torch, diffusers and transformers only ----
@@ -215,7 +243,9 @@ def _child(job_path: Path) -> None:
         layers = {}  # a layer request's JSON -> its call on inputs made once
         for line in sys.stdin:  # one request a line, until the parent closes stdin
             request = json.loads(line)
-            if "layer" in request:
+            if "profile" in request:
+                seconds = _profile(partial(calls[request["profile"]], *batch_inputs(request["batch"])), torch)
+            elif "layer" in request:
                 key = json.dumps(request["layer"], sort_keys=True)
                 if key not in layers:
                     layers[key] = _layer_call(request["layer"], torch)
@@ -223,6 +253,24 @@ def _child(job_path: Path) -> None:
             else:
                 seconds = timing.call_seconds(partial(calls[request["component"]], *batch_inputs(request["batch"])))
             replies.write(json.dumps({"seconds": seconds}) + "\n")
+
+
+def _profile(call, torch) -> dict[str, float]:
+    """Seconds of one call of `call` by `torch_kind`, from torch.profiler's self CPU time per operator
+    (an operator's time less that of the operators it calls; its intra-op threads' work is inside
+    it), "other" the rest of the call's wall time, and "total"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        call()
+        total = time.perf_counter() - start
+    seconds = dict.fromkeys(TORCH_KINDS, 0.0)
+    for event in prof.key_averages():
+        kind = torch_kind(event.key)
+        if kind != "other":
+            seconds[kind] += event.self_cpu_time_total / 1e6
+    return {**seconds, "other": total - sum(seconds.values()), "total": total}
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class BenchConfig:
     render_seconds: float = 10.0
     audio: str | None = None  # default: the bundled trumpet clip
     layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
+    profile: bool = False  # also split the float32 frame's time by kind of work, beside PyTorch's
     vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
 
     def check(self) -> None:
@@ -82,6 +83,7 @@ class BenchResult:
     reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
     render: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)  # one per batch x component x distinct layer shape (`time_layers`)
+    profile: list = field(default_factory=list)  # one per batch x kind of work (`profile_frames`)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=float)
@@ -215,6 +217,119 @@ def layer_shapes(fn) -> list[dict]:
     with watching_layers(record):
         fn()
     return list(shapes.values())
+
+
+def _profiled_callables():
+    """(owner, attribute, kind) of what `timing_kinds` times: the module classes and the functions
+    (looked up by name where they are called) that do each kind of work in a UNet or VAE call."""
+    from .models import layers, quantized, unet
+
+    return ((nn.Conv2d, "__call__", "convolution"), (layers.Conv2d, "__call__", "convolution"),
+            (quantized.QuantizedConv2d, "__call__", "convolution"), (layers, "upsample_conv", "convolution"),
+            (layers, "upsample_nearest", "convolution"),
+            (nn.Linear, "__call__", "linear"), (quantized.QuantizedLinear, "__call__", "linear"),
+            (layers, "attention", "attention core"),
+            (layers.GroupNorm, "__call__", "norm and activation"), (layers.GroupNorm, "silu", "norm and activation"),
+            (layers.LayerNorm, "__call__", "norm and activation"), (nn.ReLU, "__call__", "norm and activation"),
+            (layers, "silu", "norm and activation"), (unet, "silu", "norm and activation"),
+            (unet, "gelu", "norm and activation"))
+
+
+PROFILE_KINDS = ("convolution", "linear", "attention core", "norm and activation", "other")
+
+
+def _arrays(tree) -> list:
+    if isinstance(tree, mx.array):
+        return [tree]
+    if isinstance(tree, (list, tuple)):
+        return [a for item in tree for a in _arrays(item)]
+    if isinstance(tree, dict):
+        return [a for item in tree.values() for a in _arrays(item)]
+    return []
+
+
+@contextmanager
+def timing_kinds(seconds: dict):
+    """Within the block, every call of `_profiled_callables` adds its exclusive time (its own, less
+    that of the profiled calls inside it) to `seconds[kind]`. Each call's inputs are evaluated
+    before its clock starts and its outputs before it stops, so lazy work is charged to the call
+    that made it; that also stops mlx from overlapping or fusing work across those boundaries, so
+    a profiled call takes a little longer than a plain one. Restored on exit."""
+    originals, inside = [], []  # inside: seconds of profiled calls nested in each open call
+
+    def timed(original, kind):
+        def call(*args, **kwargs):
+            mx.eval(_arrays(args) + _arrays(kwargs))
+            inside.append(0.0)
+            start = time.perf_counter()
+            try:
+                out = original(*args, **kwargs)
+                mx.eval(_arrays(out))
+            finally:
+                elapsed = time.perf_counter() - start
+                nested = inside.pop()
+                if inside:
+                    inside[-1] += elapsed
+            seconds[kind] = seconds.get(kind, 0.0) + elapsed - nested
+            return out
+
+        return call
+
+    for owner, name, kind in _profiled_callables():
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        originals.append((owner, name, original))
+        setattr(owner, name, timed(original, kind))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+
+
+def profile_frame(pipe, latents: mx.array, embeddings: mx.array, vae: str = "tiny") -> dict[str, float]:
+    """Seconds of one `pipe.generate` call split by kind of work (`PROFILE_KINDS`; "other" is what no
+    profiled call covers: adds, copies, concatenations, the scheduler step, the conversion to
+    8 bits) and its "total", all timed as `timing_kinds` does."""
+    seconds = dict.fromkeys(PROFILE_KINDS[:-1], 0.0)
+    with timing_kinds(seconds):
+        start = time.perf_counter()
+        mx.eval(pipe.generate(latents, embeddings, vae))
+        total = time.perf_counter() - start
+    return {**seconds, "other": total - sum(seconds.values()), "total": total}
+
+
+def profile_frames(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None,
+                   vae: str = "tiny") -> list[dict]:
+    """The frame's time by kind of work, MLX (`profile_frame`, float32) and PyTorch
+    (`reference.profile`, torch.profiler's self time per operator, mapped to the same kinds), taking
+    turns (`interleaved_times`). Rows: one per kind and "total", with both sides' rounds (seconds a
+    call, `rounds_s`), the medians per image (`mlx_s`, `pytorch_s`) and the median of the rounds'
+    ratios."""
+    batch = latents.shape[0]
+    splits = {"float32": [], "pytorch-float32": []}
+
+    def mlx_side() -> float:
+        splits["float32"].append(profile_frame(pipe, latents, embeddings, vae))
+        return splits["float32"][-1]["total"]
+
+    def pytorch_side() -> float:
+        splits["pytorch-float32"].append(reference.profile("frame", batch))
+        return splits["pytorch-float32"][-1]["total"]
+
+    sides = {"float32": {"frame": mlx_side}}
+    if reference is not None:
+        sides["pytorch-float32"] = {"frame": pytorch_side}
+    interleaved_times(sides, runs)
+    rows = []
+    for kind in (*PROFILE_KINDS, "total"):
+        rounds = {side: [s[kind] for s in splits[side][1:]] for side in sides}  # [0]: the warm-up round
+        row = {"batch": batch, "kind": kind, "rounds_s": rounds, "mlx_s": float(np.median(rounds["float32"])) / batch}
+        if reference is not None:
+            row["pytorch_s"] = float(np.median(rounds["pytorch-float32"])) / batch
+            if min(rounds["pytorch-float32"]) > 0:
+                row["mlx_over_pytorch"] = _paired_ratio(rounds["float32"], rounds["pytorch-float32"])
+        rows.append(row)
+    return rows
 
 
 def machine_info() -> dict:
@@ -476,14 +591,21 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
                 f"({row['unet_gflops']:.0f} GFLOP/s, {row['unet_peak_fraction']:.0%} of peak), VAE {row['vae_s']:.3f} s"
                 + (f"; MLX/PyTorch frame {row['mlx_over_pytorch']['frame']:.2f}x" if "mlx_over_pytorch" in row else ""))
 
-        if config.layers and "float32" in pipes:
+        if (config.layers or config.profile) and "float32" in pipes:
             pipe = pipes["float32"]
             latents = mx.random.normal((batch, *pipe.latent_shape(config.size, config.size)[1:]), key=mx.random.key(1))
             embs = mx.broadcast_to(embeddings["float32"], (batch, *embeddings["float32"].shape[1:]))
-            layers = time_layers(pipe, latents, embs, config.runs, reference, config.vae)
-            result.layers += layers
-            for line in _layer_summary(layers):
-                log(f" layers b{batch}: " + line)
+            if config.layers:
+                layers = time_layers(pipe, latents, embs, config.runs, reference, config.vae)
+                result.layers += layers
+                for line in _layer_summary(layers):
+                    log(f" layers b{batch}: " + line)
+            if config.profile:
+                profile = profile_frames(pipe, latents, embs, config.runs, reference, config.vae)
+                result.profile += profile
+                log(f" profile b{batch}, s an image: " + ", ".join(
+                    f"{r['kind']} {r['mlx_s']:.3f}" + (f" (PyTorch {r['pytorch_s']:.3f})" if "pytorch_s" in r else "")
+                    for r in profile))
     pipes = embeddings = sides = pipe = None  # free the levels' weights before the render loads its own
 
     if config.render_seconds > 0:
@@ -563,6 +685,8 @@ def markdown(result: BenchResult) -> str:
                   + (", ".join(info["blas_libraries"]) or "none") + "."]
     if result.layers:
         lines += ["", *_layers_markdown(result)]
+    if result.profile:
+        lines += ["", *_profile_markdown(result)]
     if result.render:
         r = result.render
         lines += ["", f"End-to-end render of {r['seconds']:.1f} s of audio ({r['frames']} frames): {r['total_s']:.1f} s; "
@@ -611,6 +735,26 @@ def _layers_markdown(result: BenchResult, largest: int = 8) -> list[str]:
             lines.append(f"| {r['batch']} | {r['component']} | {r['kind']} | {'x'.join(map(str, r['input']))} | "
                          f"{'x'.join(map(str, r['weight']))} | {r['calls']} | {r['mlx_s'] * 1e3:.1f} | "
                          f"{r['pytorch_s'] * 1e3:.1f} | {r['mlx_gflops']:.0f} | {r['pytorch_gflops']:.0f} |")
+    return lines
+
+
+def _profile_markdown(result: BenchResult) -> list[str]:
+    with_reference = any("pytorch_s" in r for r in result.profile)
+    lines = [("The float32 frame by kind of work (`--profile`; seconds an image, medians"
+              + (", in turns with PyTorch" if with_reference else "") + "). MLX: every convolution, linear layer, "
+              "attention core, norm and activation call is evaluated where it returns and charged its own time "
+              "(less that of profiled calls inside it); that stops mlx from overlapping work across those "
+              "boundaries, so a profiled call can take a little longer than a plain one."
+              + (" PyTorch: torch.profiler's self time per operator. " if with_reference else " ")
+              + "\"other\": the rest of the call (adds, copies, concatenations, the scheduler step)."), "",
+             "| batch | kind | MLX s | PyTorch s | MLX / PyTorch | MLX - PyTorch s |", "|---|---|---|---|---|---|"]
+    for r in result.profile:
+        if "pytorch_s" in r:
+            ratio = f"{r['mlx_over_pytorch']:.2f}x" if "mlx_over_pytorch" in r else "-"
+            theirs = f"{r['pytorch_s']:.3f} | {ratio} | {r['mlx_s'] - r['pytorch_s']:+.3f}"
+        else:
+            theirs = "- | - | -"
+        lines.append(f"| {r['batch']} | {r['kind']} | {r['mlx_s']:.3f} | {theirs} |")
     return lines
 
 

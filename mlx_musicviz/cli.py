@@ -454,14 +454,18 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds")
               help="Time PyTorch on the same weights (needs the dev extra and a checkout).")
 @click.option("--layers", is_flag=True,
               help="Also time every convolution and linear-layer shape of the float32 UNet and VAE alone (beside PyTorch).")
+@click.option("--profile", is_flag=True,
+              help="Also split the float32 frame's time by kind of work (convolutions, linear layers, attention, "
+                   "norms and activations, other), beside PyTorch's.")
 @click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True,
               help="The VAE that decodes: SDXS's tiny one, or the model's large (KL) VAE; quantized levels quantize the large one.")
 @click.option("--quick", is_flag=True,
-              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers (--vae and --group-size apply).")
+              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers and --profile (--vae and --group-size apply).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for results.json, results.md and fps.png.")
 @friendly_errors
-def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, vae, quick, out_dir):
+def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, profile, vae, quick,
+          out_dir):
     """Frames per second by precision level and batch size, beside PyTorch and the matmul peak.
 
     \b
@@ -469,6 +473,7 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
       musicviz-mlx bench --quick
       musicviz-mlx bench --model random:sdxs-512-0.9 --levels float32,8bit,4bit --batches 1,4
       musicviz-mlx bench --vae large --levels float32,8bit --batches 1 --render-seconds 0
+      musicviz-mlx bench --levels float32 --batches 1 --render-seconds 0 --profile
     """
     from .benchmark import BenchConfig, run_benchmark, write_outputs
 
@@ -476,7 +481,7 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
         config = BenchConfig(model=model, size=size, levels=tuple(v.strip() for v in levels.split(",") if v.strip()),
                              batches=tuple(int(b) for b in batches.split(",") if b.strip()),
                              group_size=int(group_size), runs=runs, render_seconds=render_seconds, audio=audio,
-                             layers=layers, vae=vae)
+                             layers=layers, profile=profile, vae=vae)
     except ValueError:
         raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
     if quick:
@@ -486,7 +491,8 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
             raise click.UsageError(f"--quick sets its own {', '.join(overridden)}: drop "
                                   f"{'it' if len(overridden) == 1 else 'them'} or drop --quick")
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
-                             group_size=int(group_size), render_seconds=2.0, audio=audio, layers=True, vae=vae)
+                             group_size=int(group_size), render_seconds=2.0, audio=audio, layers=True, profile=True,
+                             vae=vae)
     config.check()
     ref = _torch_reference(config) if reference else None
     if reference and ref is None:

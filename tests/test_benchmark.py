@@ -3,17 +3,21 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from mlx_musicviz.benchmark import (
+    PROFILE_KINDS,
     call_layer,
     count_flops,
     interleaved_times,
     layer_flops,
     layer_shapes,
+    profile_frame,
+    timing_kinds,
     watching_layers,
 )
 from mlx_musicviz.pipeline import Pipeline
@@ -97,6 +101,63 @@ def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
         assert tuple(out.shape) == tuple(expected), spec
 
 
+def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
+    """`profile_frame`: every kind of work the frame does gets time, the kinds' exclusive times fit
+    inside the call (no time counted twice: "other" is not negative), the image is the plain call's
+    bit for bit, and the profiled functions are themselves again afterwards. The tiny VAE alone has
+    convolutions and activations only; the large one has attention and linear layers too."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_musicviz.models import layers
+
+    pipe = Pipeline.random("tiny")
+    latents = mx.random.normal((2, 16, 16, 4), key=mx.random.key(0))
+    emb = mx.random.normal((1, 77, pipe.text_encoder.hidden_size), key=mx.random.key(1))
+    plain = pipe.generate(latents, emb)
+    originals = (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.attention, layers.upsample_conv)
+    split = profile_frame(pipe, latents, emb)
+    assert set(split) == {*PROFILE_KINDS, "total"}
+    assert all(split[kind] > 0 for kind in PROFILE_KINDS[:-1]), split
+    assert 0 <= split["other"] < split["total"]
+    assert sum(split[kind] for kind in PROFILE_KINDS) == pytest.approx(split["total"])
+    with timing_kinds({}):
+        profiled = pipe.generate(latents, emb)
+        mx.eval(profiled)
+    assert mx.array_equal(profiled, plain).item()
+    assert (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.attention,
+            layers.upsample_conv) == originals
+    # A profiled call inside another is charged once: the UNet's wide upsampler at 16x16 (fewer pixels than
+    # channels) is a convolution of the upsampled map inside `upsample_conv`, all three "convolution".
+    conv = layers.Conv2d(512, 512, 3, padding=1)
+    x = mx.random.normal((1, 8, 8, 512))
+    mx.eval(conv.parameters(), x)
+    seconds = {}
+    with timing_kinds(seconds):
+        start = time.perf_counter()
+        mx.eval(layers.upsample_conv(x, conv))
+        wall = time.perf_counter() - start
+    assert set(seconds) == {"convolution"} and 0.5 * wall < seconds["convolution"] <= wall
+    for vae, kinds in (("vae", {"convolution", "norm and activation"}),
+                       ("vae_large", {"convolution", "norm and activation", "linear", "attention core"})):
+        seconds = {}
+        with timing_kinds(seconds):
+            mx.eval(getattr(pipe, vae).decode(latents))
+        assert {kind for kind, t in seconds.items() if t > 0} == kinds, (vae, seconds)
+
+
+def test_pytorch_operators_are_counted_as_the_mlx_profile_counts_its_calls():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from torch_reference import TORCH_KINDS, torch_kind
+
+    assert set(TORCH_KINDS) == set(PROFILE_KINDS) - {"other"}
+    assert torch_kind("aten::mkldnn_convolution") == torch_kind("aten::upsample_nearest2d") == "convolution"
+    assert torch_kind("aten::addmm") == torch_kind("aten::mm") == "linear"
+    assert torch_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention core"
+    assert torch_kind("aten::native_group_norm") == torch_kind("aten::clamp_min") == "norm and activation"
+    assert torch_kind("aten::add") == torch_kind("aten::copy_") == "other"
+
+
 def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
     """Every side runs each component once a round, the order rotating; the warm-up round is not
     kept; a pause comes only where the process changes (a "pytorch" side is another process)."""
@@ -175,9 +236,21 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert 0.5 * data["flops"]["unet"] < unet_flops < data["flops"]["unet"]  # the rest: attention products
     vae_flops = sum(r["calls"] * r["flops"] for r in layers if r["component"] == "vae" and r["batch"] == 1)
     assert vae_flops == pytest.approx(data["flops"]["vae"])  # the tiny VAE is all convolutions
+    # --quick includes --profile: the float32 frame by kind of work on both sides, each round's kinds adding up
+    profile = data["profile"]
+    assert [(r["batch"], r["kind"]) for r in profile] == [(b, k) for b in (1, 2) for k in (*PROFILE_KINDS, "total")]
+    for batch in (1, 2):
+        rows = {r["kind"]: r for r in profile if r["batch"] == batch}
+        for side in ("float32", "pytorch-float32"):
+            totals = rows["total"]["rounds_s"][side]
+            assert len(totals) == 1 and sum(rows[k]["rounds_s"][side][0] for k in PROFILE_KINDS) == pytest.approx(totals[0])
+        assert rows["convolution"]["mlx_s"] > 0 and rows["convolution"]["pytorch_s"] > 0
+        assert rows["attention core"]["pytorch_s"] > 0 and rows["linear"]["pytorch_s"] > 0
+        assert rows["total"]["mlx_s"] == pytest.approx(rows["total"]["rounds_s"]["float32"][0] / batch)
     md = (out / "results.md").read_text()
     assert "| float32 | 1 |" in md
     assert "| 1 | vae | conv |" in md and "| 2 | unet | other |" in md and "largest gaps" in md
+    assert "| 2 | attention core |" in md and "by kind of work" in md
     assert Image.open(out / "fps.png").size[0] > 100
 
 
