@@ -111,6 +111,22 @@ def _watched_classes():
 
 
 @contextmanager
+def _wrapping(targets):
+    """Within the block, each target (owner, attribute name, wrap) has its attribute replaced by
+    `wrap(original)`; a class's own attribute is the one wrapped. All are restored on exit."""
+    originals = []
+    for owner, name, wrap in targets:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        originals.append((owner, name, original))
+        setattr(owner, name, wrap(original))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+
+
+@contextmanager
 def watching_layers(on_call):
     """Within the block, every top-level call of a convolution, linear layer or attention module is
     reported as `on_call(kind, module, args, out)` (a subclass calling its parent's `__call__`, as
@@ -119,33 +135,30 @@ def watching_layers(on_call):
     upsampled map however it is computed). The classes and the function are restored on exit."""
     from .models import layers
 
-    originals, depth = [], {}
+    depth = {}
 
-    def reporting(original, kind, module_and_args):
+    def reporting(kind, module_and_args):
         depth.setdefault(kind, 0)
 
-        def call(*args, **kwargs):
-            depth[kind] += 1
-            try:
-                out = original(*args, **kwargs)
-            finally:
-                depth[kind] -= 1
-            if depth[kind] == 0:
-                on_call(kind, *module_and_args(args), out)
-            return out
+        def wrap(original):
+            def call(*args, **kwargs):
+                depth[kind] += 1
+                try:
+                    out = original(*args, **kwargs)
+                finally:
+                    depth[kind] -= 1
+                if depth[kind] == 0:
+                    on_call(kind, *module_and_args(args), out)
+                return out
 
-        return call
+            return call
 
-    for cls, kind in _watched_classes():
-        originals.append((cls, "__call__", cls.__dict__["__call__"]))
-        cls.__call__ = reporting(cls.__dict__["__call__"], kind, lambda args: (args[0], args[1:]))
-    originals.append((layers, "upsample_conv", layers.upsample_conv))
-    layers.upsample_conv = reporting(layers.upsample_conv, "conv", lambda args: (args[1], args[:1]))
-    try:
+        return wrap
+
+    targets = [(cls, "__call__", reporting(kind, lambda args: (args[0], args[1:]))) for cls, kind in _watched_classes()]
+    targets.append((layers, "upsample_conv", reporting("conv", lambda args: (args[1], args[:1]))))
+    with _wrapping(targets):
         yield
-    finally:
-        for owner, name, original in originals:
-            setattr(owner, name, original)
 
 
 def call_layer(spec: dict, module, x: mx.array) -> mx.array:
@@ -255,35 +268,31 @@ def timing_kinds(seconds: dict):
     before its clock starts and its outputs before it stops, so lazy work is charged to the call
     that made it; that also stops mlx from overlapping or fusing work across those boundaries, so
     a profiled call takes a little longer than a plain one. Restored on exit."""
-    originals, inside = [], []  # inside: seconds of profiled calls nested in each open call
+    inside = []  # seconds of profiled calls nested in each open call
 
-    def timed(original, kind):
-        def call(*args, **kwargs):
-            mx.eval(_arrays(args) + _arrays(kwargs))
-            inside.append(0.0)
-            start = time.perf_counter()
-            try:
-                out = original(*args, **kwargs)
-                mx.eval(_arrays(out))
-            finally:
-                elapsed = time.perf_counter() - start
-                nested = inside.pop()
-                if inside:
-                    inside[-1] += elapsed
-            seconds[kind] = seconds.get(kind, 0.0) + elapsed - nested
-            return out
+    def timed(kind):
+        def wrap(original):
+            def call(*args, **kwargs):
+                mx.eval(_arrays(args) + _arrays(kwargs))
+                inside.append(0.0)
+                start = time.perf_counter()
+                try:
+                    out = original(*args, **kwargs)
+                    mx.eval(_arrays(out))
+                finally:
+                    elapsed = time.perf_counter() - start
+                    nested = inside.pop()
+                    if inside:
+                        inside[-1] += elapsed
+                seconds[kind] = seconds.get(kind, 0.0) + elapsed - nested
+                return out
 
-        return call
+            return call
 
-    for owner, name, kind in _profiled_callables():
-        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        originals.append((owner, name, original))
-        setattr(owner, name, timed(original, kind))
-    try:
+        return wrap
+
+    with _wrapping([(owner, name, timed(kind)) for owner, name, kind in _profiled_callables()]):
         yield
-    finally:
-        for owner, name, original in reversed(originals):
-            setattr(owner, name, original)
 
 
 def profile_frame(pipe, latents: mx.array, embeddings: mx.array, vae: str = "tiny") -> dict[str, float]:
