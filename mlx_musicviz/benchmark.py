@@ -252,6 +252,10 @@ PROFILE_KINDS = ("convolution", "linear", "attention core", "norm and activation
 
 
 def _arrays(tree) -> list:
+    """The arrays in a call's arguments or result (lists, tuples, dicts); a module's parameters are not its
+    call's inputs (nn.Module is a dict), so modules are skipped."""
+    if isinstance(tree, nn.Module):
+        return []
     if isinstance(tree, mx.array):
         return [tree]
     if isinstance(tree, (list, tuple)):
