@@ -4,7 +4,9 @@
 `random:NAME` architecture with diffusers / transformers (random weights), saves it as a diffusers
 checkpoint that mlx-musicviz converts, and times the same components on the same inputs, one call
 at a time when the benchmark asks (float32, torch's default threads), so the benchmark can take
-turns with its MLX calls: both sides see the same state of a shared machine.
+turns with its MLX calls: both sides see the same state of a shared machine. On a GPU machine it
+runs on the GPU ("cuda" or "mps", as the benchmark asks), every timed call ending in a
+synchronization, with TF32 matmuls and convolutions allowed exactly when mlx allows them.
 
 The PyTorch side runs in a child process of its own, this file run as a script, that waits for
 requests on stdin and answers on stdout. In the benchmark's
@@ -39,11 +41,14 @@ class TorchReference:
     or "frame" (UNet + decode) on `batch` images, run in the child when asked, so
     the benchmark can interleave these calls with its MLX calls (the first call of each is the
     caller's warm-up);
-    `matmul_gflops`: torch's float32 2048^3 matmul rate in the child; `info`: torch version,
-    threads, the BLAS libraries mapped into the child, and the class of the VAE it times.
+    `matmul_gflops`: torch's float32 matmul rate in the child (2048^3 on the CPU, the best of
+    4096^3 and 8192^3 on a GPU); `info`: torch version, threads, the BLAS libraries mapped into the
+    child, the class of the VAE it times, the device (and on a GPU its name and whether TF32 is on).
+    `device`: "cpu", "cuda" or "mps"; `tf32`: allow TF32 there (mlx's setting, to compare like with like).
     """
 
-    def __init__(self, name: str, size: int, seed: int = 0, vae: str = "tiny"):
+    def __init__(self, name: str, size: int, seed: int = 0, vae: str = "tiny", device: str = "cpu",
+                 tf32: bool = False):
         from mlx_musicviz.errors import MusicvizError
         from mlx_musicviz.models.tokenizer import BUNDLED_VOCABULARY
         from mlx_musicviz.random_models import random_configs
@@ -55,7 +60,7 @@ class TorchReference:
             raise MusicvizError(f"{name} has no large VAE")
         self._tmp = Path(tempfile.mkdtemp(prefix="musicviz-bench-"))
         job = {"configs": configs, "pad": pad, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
-               "size": size, "seed": seed, "vae": vae}
+               "size": size, "seed": seed, "vae": vae, "device": device, "tf32": tf32}
         (self._tmp / "job.json").write_text(json.dumps(job))
         # The child must not load the optimized BLAS (it would not import mlx_musicviz anyway; belt and braces).
         env = {**os.environ, "MLX_MUSICVIZ_BLAS": "0", "MLX_MUSICVIZ_MALLOC": "0"}
@@ -124,11 +129,14 @@ def layer_request(spec: dict, burst: int) -> dict:
 # An upsampler's nearest upsampling counts with its convolution: MLX's computes both at once.
 TORCH_KINDS = {
     "convolution": ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
-                    "aten::_slow_conv2d_forward", "aten::thnn_conv2d", "aten::upsample_nearest2d"),
+                    "aten::_slow_conv2d_forward", "aten::thnn_conv2d", "aten::upsample_nearest2d",
+                    "aten::cudnn_convolution"),
     "linear": ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::t"),
     "attention core": ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
                        "aten::_scaled_dot_product_attention_math", "aten::baddbmm", "aten::bmm", "aten::softmax",
-                       "aten::_softmax"),
+                       "aten::_softmax", "aten::_scaled_dot_product_flash_attention",
+                       "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+                       "aten::_flash_attention_forward", "aten::_efficient_attention_forward"),
     "norm and activation": ("aten::group_norm", "aten::native_group_norm", "aten::layer_norm",
                             "aten::native_layer_norm", "aten::gelu", "aten::silu", "aten::relu", "aten::clamp_min",
                             "aten::tanh"),
@@ -167,22 +175,60 @@ def _mapped_blas() -> list[str]:
     return sorted(paths)
 
 
-def _layer_call(spec: dict, torch):
-    """A function that runs one layer of `spec`'s shape (see TorchReference.time_layer) on random inputs."""
+def _layer_call(spec: dict, torch, device: str = "cpu"):
+    """A function that runs one layer of `spec`'s shape (see TorchReference.time_layer) on random
+    inputs on `device`; it returns when the work is done (on a GPU, after a synchronization)."""
     import torch.nn.functional as F
 
     o = spec["weight"][0]
-    bias = torch.randn(o) * 0.05 if spec["bias"] else None
+    randn = partial(torch.randn, device=device)
+    bias = randn(o) * 0.05 if spec["bias"] else None
     if spec["kind"] == "conv":
         n, h, w, c = spec["input"]
         _, kh, kw, _ = spec["weight"]
-        x, weight = torch.randn(n, c, h, w), torch.randn(o, c, kh, kw) * 0.05
+        x, weight = randn(n, c, h, w), randn(o, c, kh, kw) * 0.05
         conv = partial(F.conv2d, weight=weight, bias=bias, stride=tuple(spec["stride"]), padding=tuple(spec["padding"]))
         if spec.get("upsample"):  # as diffusers' Upsample2D and TAESD's decoder: nearest, then the convolution
-            return lambda: conv(F.interpolate(x, scale_factor=spec["upsample"], mode="nearest"))
-        return partial(conv, x)
-    x, weight = torch.randn(*spec["input"]), torch.randn(*spec["weight"]) * 0.05
-    return partial(F.linear, x, weight, bias)
+            return _synced(lambda: conv(F.interpolate(x, scale_factor=spec["upsample"], mode="nearest")), torch, device)
+        return _synced(partial(conv, x), torch, device)
+    x, weight = randn(*spec["input"]), randn(*spec["weight"]) * 0.05
+    return _synced(partial(F.linear, x, weight, bias), torch, device)
+
+
+def _synchronize(torch, device: str):
+    """The function that waits for `device`'s queued work (nothing to wait for on the CPU)."""
+    if device == "cuda":
+        return torch.cuda.synchronize
+    if device == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def _synced(fn, torch, device: str):
+    """`fn`, returning only when the work it queued on `device` is done (GPU calls return early)."""
+    sync = _synchronize(torch, device)
+
+    def call(*args):
+        out = fn(*args)
+        sync()
+        return out
+
+    return call
+
+
+def _use_device(torch, device: str, tf32: bool) -> str:
+    """Check that torch can run on `device` and set TF32 there; the device's name."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("torch sees no CUDA GPU (mlx runs on one): install a CUDA build of torch")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        return torch.cuda.get_device_name()
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise SystemExit("torch sees no Metal GPU (mlx runs on one)")
+        return "mps"
+    return "cpu"
 
 
 def _child(job_path: Path) -> None:
@@ -195,6 +241,8 @@ def _child(job_path: Path) -> None:
 
     job = json.loads(job_path.read_text())
     configs, folder = job["configs"], Path(job["folder"])
+    device, tf32 = job.get("device", "cpu"), job.get("tf32", False)
+    device_name = _use_device(torch, device, tf32)
     torch.manual_seed(job["seed"])
     unet = UNet2DConditionModel.from_config(_clean(configs["unet"])).eval()
     te_config = _clean(configs["text_encoder"])
@@ -209,6 +257,7 @@ def _child(job_path: Path) -> None:
         vae = AutoencoderKL.from_config(_clean(configs["vae_large"])).eval()
         vae.save_pretrained(folder / "vae_large", safe_serialization=True)
     scale = vae.config.scaling_factor  # decode as the pipeline does: latents / scaling factor
+    unet, text_encoder, vae = unet.to(device), text_encoder.to(device), vae.to(device)  # saved first, from the CPU
     (folder / "tokenizer").mkdir(parents=True)
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(Path(job["vocabulary"]) / f, folder / "tokenizer" / f)
@@ -217,14 +266,14 @@ def _child(job_path: Path) -> None:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
 
     size = job["size"]
-    g = torch.Generator().manual_seed(1)
-    t = torch.tensor([999])
+    g = torch.Generator().manual_seed(1)  # on the CPU: the same inputs whatever the device
+    t = torch.tensor([999], device=device)
     inputs = {}  # batch -> (latents, prompt ids, embeddings, UNet output)
 
     def batch_inputs(batch: int):
         if batch not in inputs:
-            ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g).expand(batch, -1)
-            latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g)
+            ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g).expand(batch, -1).to(device)
+            latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g).to(device)
             embs = text_encoder(ids[:1]).last_hidden_state.expand(batch, -1, -1)
             inputs[batch] = (latents, ids, embs, unet(latents, t, embs).sample)
         return inputs[batch]
@@ -233,35 +282,41 @@ def _child(job_path: Path) -> None:
              "unet": lambda latents, ids, embs, noise: unet(latents, t, embs).sample,
              "vae": lambda latents, ids, embs, noise: vae.decode(noise / scale).sample,
              "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample / scale).sample}
+    calls = {name: _synced(call, torch, device) for name, call in calls.items()}
     with torch.no_grad():
-        a = torch.randn(2048, 2048)
         timing = _load_timing()
-        matmul = 2 * 2048**3 / timing.median_time(lambda: a @ a, 5) / 1e9
+        matmul = 0.0
+        for n in (2048,) if device == "cpu" else (4096, 8192):  # a GPU needs larger products to fill
+            a = torch.randn(n, n, device=device)
+            matmul = max(matmul, 2 * n**3 / timing.median_time(_synced(lambda a=a: a @ a, torch, device), 5) / 1e9)
         info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas_libraries": _mapped_blas(),
-                "mlx_imported": "mlx.core" in sys.modules, "vae": type(vae).__name__}
+                "mlx_imported": "mlx.core" in sys.modules, "vae": type(vae).__name__, "device": device,
+                "device_name": device_name, "tf32": tf32 and device != "cpu"}
         replies.write(json.dumps({"matmul_gflops": matmul, "info": info}) + "\n")
         layers = {}  # a layer request's JSON -> its call on inputs made once
         for line in sys.stdin:  # one request a line, until the parent closes stdin
             request = json.loads(line)
             if "profile" in request:
-                seconds = _profile(partial(calls[request["profile"]], *batch_inputs(request["batch"])), torch)
+                seconds = _profile(partial(calls[request["profile"]], *batch_inputs(request["batch"])), torch, device)
             elif "layer" in request:
                 key = json.dumps(request["layer"], sort_keys=True)
                 if key not in layers:
-                    layers[key] = _layer_call(request["layer"], torch)
+                    layers[key] = _layer_call(request["layer"], torch, device)
                 seconds = timing.median_time(layers[key], request.get("burst", 1))
             else:
                 seconds = timing.call_seconds(partial(calls[request["component"]], *batch_inputs(request["batch"])))
             replies.write(json.dumps({"seconds": seconds}) + "\n")
 
 
-def _profile(call, torch) -> dict[str, float]:
-    """Seconds of one call of `call` by `torch_kind`, from torch.profiler's self CPU time per operator
+def _profile(call, torch, device: str = "cpu") -> dict[str, float]:
+    """Seconds of one call of `call` by `torch_kind`, from torch.profiler's self time per operator
     (an operator's time less that of the operators it calls; its intra-op threads' work is inside
-    it), "other" the rest of the call's wall time, and "total"."""
+    it; on a CUDA GPU, the time of the kernels it launched itself), "other" the rest of the call's
+    wall time, and "total"."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         start = time.perf_counter()
         call()
         total = time.perf_counter() - start
@@ -269,7 +324,7 @@ def _profile(call, torch) -> dict[str, float]:
     for event in prof.key_averages():
         kind = torch_kind(event.key)
         if kind != "other":
-            seconds[kind] += event.self_cpu_time_total / 1e6
+            seconds[kind] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
     return {**seconds, "other": total - sum(seconds.values()), "total": total}
 
 

@@ -4,19 +4,23 @@ For each level (float32, float16, bfloat16, 8-bit, 4-bit) and batch size it time
 warm-up, the median of `runs` calls of: the text encoder (a batch of prompts), the UNet, the VAE decode
 and the whole frame (UNet + decode), and reports frames per second, resident weight bytes, mlx
 peak memory, the error against float32 (relative L2 of the UNet output, PSNR of the frame) and
-the achieved GFLOP/s against the machine's float32 matmul peak measured in the same run.
+the achieved GFLOP/s against the machine's matmul peak measured in the same run (float32; on a
+GPU also the peak of each half-precision level's dtype, which its rows are measured against).
 
 A reference (see benchmarks/torch_reference.py, used when torch and diffusers are installed)
 times the same architecture with the same weights in PyTorch, in a process of its own (this one
 has OpenBLAS in its global symbol scope, which would take over torch's BLAS calls). The levels
 and PyTorch take turns call by call, so each ratio compares times taken in the same stretch of
-the run. This module itself never imports torch.
+the run. On a GPU (mlx's CUDA or Metal backend) the reference runs on the GPU too (`reference_device`),
+with TF32 allowed exactly when mlx allows it (`tf32_enabled`). This module itself never imports torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -76,6 +80,7 @@ class BenchResult:
     config: dict
     machine: dict
     matmul_gflops: float = 0.0  # the machine's float32 matmul peak: the best rate any measured BLAS reached
+    matmul_gflops_by_dtype: dict = field(default_factory=dict)  # GPU only: mlx's peak for each half-precision level's dtype
     matmul_gflops_by: dict = field(default_factory=dict)  # "mlx" (its BLAS) and "pytorch" (in the reference's process)
     flops: dict = field(default_factory=dict)  # component -> FLOPs per image
     rows: list = field(default_factory=list)  # one per level x batch
@@ -89,11 +94,32 @@ class BenchResult:
         return json.dumps(self.__dict__, indent=2, default=float)
 
 
-def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), runs: int = 5) -> float:
-    """GFLOP/s of mlx's float32 n x n matmul: the best over `sizes` of the median of `runs` calls."""
+def on_gpu() -> bool:
+    """Whether mlx computes on a GPU (its CUDA or Metal backend) rather than the CPU."""
+    return mx.default_device() != mx.cpu
+
+
+def reference_device() -> str:
+    """The torch device for the PyTorch reference, beside mlx's default device: "cpu", or the GPU
+    ("mps" beside mlx's Metal backend, "cuda" beside its CUDA backend)."""
+    if not on_gpu():
+        return "cpu"
+    return "mps" if sys.platform == "darwin" else "cuda"
+
+
+def tf32_enabled() -> bool:
+    """Whether mlx may run float32 matmuls and convolutions in TF32 on GPUs that have it (CUDA, M5-class
+    Apple GPUs): the environment variable MLX_ENABLE_TF32, on unless "0" (mlx's own default)."""
+    return os.environ.get("MLX_ENABLE_TF32", "1").strip() != "0"
+
+
+def matmul_peak(sizes: tuple[int, ...] | None = None, runs: int = 5, dtype=mx.float32) -> float:
+    """GFLOP/s of mlx's n x n matmul in `dtype`: the best over `sizes` of the median of `runs` calls.
+    Default sizes: 1024-3072 on the CPU, 2048-8192 on a GPU (which smaller products leave idle)."""
+    sizes = sizes or ((2048, 4096, 8192) if on_gpu() else (1024, 2048, 3072))
     best = 0.0
     for n in sizes:
-        a = mx.random.normal((n, n), key=mx.random.key(0))
+        a = mx.random.normal((n, n), key=mx.random.key(0)).astype(dtype)
         mx.eval(a)
         best = max(best, 2 * n**3 / median_time(lambda: mx.eval(a @ a), runs) / 1e9)
     return best
@@ -350,9 +376,20 @@ def machine_info() -> dict:
     from ._malloc import keep_freed_memory
 
     return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(), "mlx": mx.__version__, "device": str(mx.default_device()),
+            "cpus": os.cpu_count(), "mlx": mx.__version__, "device": str(mx.default_device()),
+            "gpu": _gpu_name(), "tf32": on_gpu() and tf32_enabled(),
             "blas": blas_provider(), "malloc_keeps_freed_memory": keep_freed_memory(),
             "mlx_musicviz": __version__, "python": platform.python_version()}
+
+
+def _gpu_name() -> str | None:
+    """The GPU's name as mlx reports it (None on the CPU backend)."""
+    if not on_gpu():
+        return None
+    try:
+        return str(mx.device_info().get("device_name", "GPU"))
+    except Exception:  # noqa: BLE001 - older mlx or a backend without device_info: the name is only a label
+        return "GPU"
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -407,16 +444,22 @@ def interleaved_times(sides: dict[str, dict], runs: int, switch_pause: float = 0
     return times
 
 
-def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult) -> dict:
+def level_peak(result: BenchResult, level: str) -> float:
+    """GFLOP/s of the matmul peak a level is measured against: its dtype's where the run measured one
+    (half precision on a GPU), else float32's (quantized levels compute in float32)."""
+    return result.matmul_gflops_by_dtype.get(level, result.matmul_gflops)
+
+
+def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult, peak: float) -> dict:
     """A side's timing fields from its rounds' seconds (each call on `batch` images): seconds per
-    image (medians), frames per second, UNet and VAE GFLOP/s, the UNet's share of the matmul
-    peak, and the rounds themselves (`rounds_s`, for reading the spread)."""
+    image (medians), frames per second, UNet and VAE GFLOP/s, the UNet's share of `peak` (GFLOP/s),
+    and the rounds themselves (`rounds_s`, for reading the spread)."""
     seconds = {c: float(np.median(rounds[c])) for c in COMPONENTS}
     fields = {f"{c}_s": seconds[c] / batch for c in COMPONENTS}
     fields.update({"fps": batch / seconds["frame"],
                    "unet_gflops": result.flops["unet"] * batch / seconds["unet"] / 1e9,
                    "vae_gflops": result.flops["vae"] * batch / seconds["vae"] / 1e9})
-    fields["unet_peak_fraction"] = fields["unet_gflops"] / result.matmul_gflops
+    fields["unet_peak_fraction"] = fields["unet_gflops"] / peak
     fields["rounds_s"] = rounds
     return fields
 
@@ -523,7 +566,14 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         result.reference_info = reference.info
     result.matmul_gflops = max(result.matmul_gflops_by.values())
     log(f"float32 matmul peak: {result.matmul_gflops:.0f} GFLOP/s ("
-        + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"; mlx's BLAS {result.machine['blas']})")
+        + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items())
+        + (f"; on {result.machine['gpu']}, TF32 {'on' if result.machine['tf32'] else 'off'})" if on_gpu()
+           else f"; mlx's BLAS {result.machine['blas']})"))
+    if on_gpu():  # half precision has its own, much higher peak there (on the CPU it is float32's at best)
+        for level in config.levels:
+            if level in DTYPES and level != "float32":
+                result.matmul_gflops_by_dtype[level] = matmul_peak(dtype=DTYPES[level])
+                log(f"{level} matmul peak: {result.matmul_gflops_by_dtype[level]:.0f} GFLOP/s (mlx)")
     source = config.model
     if reference is not None:  # convert once beside the reference's files (removed with them), not into the cache
         from .convert import convert_checkpoint
@@ -581,7 +631,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         times = interleaved_times(sides, config.runs)
 
         for level, row in rows.items():
-            row.update(_timing_fields(times[level], batch, result))
+            row.update(_timing_fields(times[level], batch, result, level_peak(result, level)))
             if "float32" in outputs:
                 (ref_noise, ref_image), (noise, image) = outputs["float32"], outputs[level]
                 row["unet_rel_l2"] = float(np.linalg.norm(noise - ref_noise) / np.linalg.norm(ref_noise))
@@ -596,7 +646,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
 
         if reference is not None:
             theirs = times["pytorch-float32"]
-            row = {"level": "pytorch-float32", "batch": batch, **_timing_fields(theirs, batch, result)}
+            row = {"level": "pytorch-float32", "batch": batch, **_timing_fields(theirs, batch, result, result.matmul_gflops)}
             if "float32" in times:
                 row["mlx_over_pytorch"] = {c: _paired_ratio(times["float32"][c], theirs[c]) for c in COMPONENTS}
             result.reference.append(row)
@@ -665,9 +715,13 @@ def bench_render(source, config: BenchConfig) -> dict:
 
 def markdown(result: BenchResult) -> str:
     m = result.machine
-    lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {m['device']}, BLAS: {m['blas']}; "
+    where = (f"{m['gpu']} (TF32 {'on' if m.get('tf32') else 'off'})" if m.get("gpu") else f"{m['device']}, BLAS: {m['blas']}")
+    half = "".join(f", {k} {v:.0f}" for k, v in result.matmul_gflops_by_dtype.items())
+    lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {where}; "
              f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s ("
-             + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + f"). Model {result.config['model']} at "
+             + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + ")"
+             + (f"; mlx's matmul peak{half} GFLOP/s (the % peak of those levels)" if half else "")
+             + f". Model {result.config['model']} at "
              f"{result.config['size']}x{result.config['size']}, {result.config.get('vae', 'tiny')} VAE; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",
              (f"Times: medians of {result.config['runs']} round(s), the levels and PyTorch taking turns call by call; "
@@ -693,8 +747,10 @@ def markdown(result: BenchResult) -> str:
                          f"{ratio['vae']:.2f}x | {text} | | | | | |")
     if result.reference_info:
         info = result.reference_info
-        lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads; VAE {info.get('vae', 'AutoencoderTiny')}) ran in a "
-                  "process of its own, without mlx-musicviz's BLAS; BLAS libraries mapped there: "
+        on = info.get("device", "cpu")
+        lines += ["", f"PyTorch {info['torch']} ({info['threads']} threads; VAE {info.get('vae', 'AutoencoderTiny')}"
+                  + (f"; on {info.get('device_name', on)}, TF32 {'on' if info.get('tf32') else 'off'}" if on != "cpu" else "")
+                  + ") ran in a process of its own, without mlx-musicviz's BLAS; BLAS libraries mapped there: "
                   + (", ".join(info["blas_libraries"]) or "none") + "."]
     if result.layers:
         lines += ["", *_layers_markdown(result)]
@@ -801,8 +857,9 @@ def chart(result: BenchResult, path: Path) -> None:
     for j, b in enumerate(batches):
         d.rectangle([w - 90, 20 + 16 * j, w - 80, 30 + 16 * j], fill=colors[j % len(colors)])
         d.text((w - 75, 18 + 16 * j), f"batch {b}", fill="black")
+    where = result.machine.get("gpu") or f"{result.machine['machine']} {result.machine['cpus']} CPUs"
     d.text((left, bottom + 30), f"frames per second, {result.config['model']} {result.config['size']}px, "
-           f"{result.machine['machine']} {result.machine['cpus']} CPUs ({result.machine['device']})", fill="black")
+           f"{where} ({result.machine['device']})", fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

@@ -355,7 +355,9 @@ def _torch_reference(config):
     sys.path.insert(0, str(folder))
     from torch_reference import TorchReference
 
-    return TorchReference(config.model, config.size, vae=config.vae)
+    from .benchmark import reference_device, tf32_enabled
+
+    return TorchReference(config.model, config.size, vae=config.vae, device=reference_device(), tf32=tf32_enabled())
 
 
 def _mel_overrides(**kw) -> dict:

@@ -156,6 +156,51 @@ def test_pytorch_operators_are_counted_as_the_mlx_profile_counts_its_calls():
     assert torch_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention core"
     assert torch_kind("aten::native_group_norm") == torch_kind("aten::clamp_min") == "norm and activation"
     assert torch_kind("aten::add") == torch_kind("aten::copy_") == "other"
+    # on a CUDA GPU: cuDNN's convolution and the fused attention kernels
+    assert torch_kind("aten::cudnn_convolution") == "convolution"
+    assert torch_kind("aten::_scaled_dot_product_flash_attention") == "attention core"
+    assert torch_kind("aten::_scaled_dot_product_efficient_attention") == "attention core"
+
+
+def test_the_reference_runs_where_mlx_runs_and_waits_for_its_work(monkeypatch):
+    """The reference runs on the device mlx runs on, and a level has a peak of its own only where the
+    run measured one; on a GPU each timed torch call returns only after the device's queue is
+    drained, and a torch that sees no GPU stops the reference with a one-line reason rather than
+    timing the CPU in its place."""
+    import mlx.core as mx
+    import torch
+
+    from mlx_musicviz.benchmark import BenchResult, level_peak, machine_info, reference_device, tf32_enabled
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import torch_reference
+
+    info = machine_info()
+    if mx.default_device() == mx.cpu:
+        assert reference_device() == "cpu" and info["gpu"] is None and info["tf32"] is False
+    else:  # mlx's CUDA or Metal backend
+        assert reference_device() == ("mps" if sys.platform == "darwin" else "cuda") and info["gpu"]
+    result = BenchResult(config={}, machine=info, matmul_gflops=100.0)
+    assert level_peak(result, "float16") == level_peak(result, "8bit") == 100.0
+    result.matmul_gflops_by_dtype["float16"] = 400.0
+    assert level_peak(result, "float16") == 400.0 and level_peak(result, "float32") == 100.0
+
+    monkeypatch.setenv("MLX_ENABLE_TF32", "0")
+    assert not tf32_enabled()
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    assert tf32_enabled()
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append("sync"))
+    call = torch_reference._synced(lambda x: events.append(f"work {x}") or x, torch, "cuda")
+    assert call(3) == 3 and events == ["work 3", "sync"]
+    events.clear()
+    assert torch_reference._synced(lambda: events.append("work"), torch, "cpu")() is None and events == ["work"]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        torch_reference._use_device(torch, "cuda", tf32=True)
+    assert torch_reference._use_device(torch, "cpu", tf32=True) == "cpu"
 
 
 def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
