@@ -16,6 +16,18 @@ def shared() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def cpu_device():
+    """Run the test on mlx's CPU device: for tests of the CPU backend's own kernels (convolution paths,
+    two-stream attention), so that they test those kernels also where mlx's default device is a GPU."""
+    import mlx.core as mx
+
+    previous = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(previous)
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """A small random-weight checkpoint in diffusers layout (sdxs-512-0.9's architecture, tiny

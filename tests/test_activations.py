@@ -22,6 +22,7 @@ def _worst(y: mx.array, ref: np.ndarray, floor: float) -> float:
     return float(np.max(err / (np.spacing(np.float32(1.0)) * np.maximum(np.abs(ref), floor))))
 
 
+@pytest.mark.usefixtures("cpu_device")
 def test_the_fast_paths_are_taken_here():
     assert on_cpu(mx.zeros(1))  # otherwise the comparisons below would test mlx's own kernels
 
@@ -52,6 +53,7 @@ def test_attention_softmax_matches_float64(spread):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-6  # float32 numpy: 6e-7 at spread 100
 
 
+@pytest.mark.usefixtures("cpu_device")
 @pytest.mark.parametrize("mask_shape", [None, (50, 50), (2, 1, 50, 50), (2, 5, 50, 50)])
 def test_attention_split_over_two_streams_is_the_same_attention(monkeypatch, mask_shape):
     """Half the heads on a second CPU stream: the same result as one stream, bit for bit, and

@@ -57,7 +57,9 @@ def _nibbles(octets: mx.array) -> mx.array:
 def unpack(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int, dtype) -> mx.array:
     """The float (rows, row_length) matrix of a packed affine-quantized weight."""
     if mx.default_device() != mx.cpu:
-        return mx.dequantize(weight, scales, biases, group_size, bits, dtype=dtype)
+        # scales and biases cast first, so the arithmetic is in `dtype` as below: given float16 scales,
+        # mlx's CUDA dequantize computes in float16 even when asked for float32 (seen on an H100)
+        return mx.dequantize(weight, scales.astype(dtype), biases.astype(dtype), group_size, bits)
     # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 400-700 (4 bits)
     # and 450-800 (8 bits), single-threaded. The float passes after the levels are most of it; fusing
     # them with mx.compile is slower (a kernel with broadcast scales is not vectorized).
