@@ -716,11 +716,11 @@ def bench_render(source, config: BenchConfig) -> dict:
 def markdown(result: BenchResult) -> str:
     m = result.machine
     where = (f"{m['gpu']} (TF32 {'on' if m.get('tf32') else 'off'})" if m.get("gpu") else f"{m['device']}, BLAS: {m['blas']}")
-    half = "".join(f", {k} {v:.0f}" for k, v in result.matmul_gflops_by_dtype.items())
+    half = ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by_dtype.items())
     lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, mlx {m['mlx']} on {where}; "
              f"float32 matmul peak {result.matmul_gflops:.0f} GFLOP/s ("
              + ", ".join(f"{k} {v:.0f}" for k, v in result.matmul_gflops_by.items()) + ")"
-             + (f"; mlx's matmul peak{half} GFLOP/s (the % peak of those levels)" if half else "")
+             + (f"; half-precision matmul peaks (mlx; those levels' % peak): {half} GFLOP/s" if half else "")
              + f". Model {result.config['model']} at "
              f"{result.config['size']}x{result.config['size']}, {result.config.get('vae', 'tiny')} VAE; GFLOP per image: "
              + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result.flops.items()) + ".", "",

@@ -354,3 +354,25 @@ def test_bench_with_the_large_vae_times_it_on_both_sides():
     assert layer_flops_sum < result.flops["vae"] == pytest.approx(count_flops(lambda: mx.eval(pipe.vae_large.decode(
         mx.zeros((1, 16, 16, 4))))))
     assert "large VAE" in markdown(result) and "VAE AutoencoderKL" in markdown(result)
+
+
+def test_markdown_names_the_gpu_tf32_and_the_half_precision_peaks():
+    """A GPU run's table says which GPU, whether TF32 was on on both sides, and the peaks that the
+    half-precision levels' % peak is taken against (a CPU run's names its BLAS instead)."""
+    from mlx_musicviz.benchmark import BenchResult, markdown
+
+    machine = {"platform": "Linux", "cpus": 16, "mlx": "0.32.4", "device": "Device(gpu, 0)", "gpu": "NVIDIA H100",
+               "tf32": True, "blas": "libblas.so"}
+    result = BenchResult(config={"model": "random:tiny", "size": 128, "runs": 1}, machine=machine,
+                         matmul_gflops=4e5, matmul_gflops_by={"mlx": 3.8e5, "pytorch": 4e5},
+                         matmul_gflops_by_dtype={"float16": 7e5}, flops={"unet": 1e9},
+                         reference_info={"torch": "2.11.0", "threads": 16, "blas_libraries": [], "device": "cuda",
+                                         "device_name": "NVIDIA H100", "tf32": True})
+    text = markdown(result)
+    assert "on NVIDIA H100 (TF32 on)" in text and "libblas.so" not in text.splitlines()[0]
+    assert "half-precision matmul peaks (mlx; those levels' % peak): float16 700000 GFLOP/s" in text
+    assert "on NVIDIA H100, TF32 on" in text  # the PyTorch side's line
+    cpu = dict(machine, device="Device(cpu, 0)", gpu=None, tf32=False)
+    text = markdown(BenchResult(config=result.config, machine=cpu, matmul_gflops=200.0, matmul_gflops_by={"mlx": 200.0},
+                                flops={"unet": 1e9}))
+    assert "Device(cpu, 0), BLAS: libblas.so" in text and "half-precision" not in text and "TF32" not in text
