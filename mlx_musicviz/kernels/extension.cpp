@@ -1,0 +1,111 @@
+// mlx primitive around winograd_conv.h, and its Python binding (nanobind, in mlx's own domain so that
+// mlx.core.array crosses over). Built on first use by mlx_musicviz/kernels/__init__.py.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+
+#include <optional>
+#include <sched.h>
+#include <stdexcept>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+
+#include "winograd_conv.h"
+
+namespace nb = nanobind;
+namespace mx = mlx::core;
+
+namespace {
+
+int cpu_threads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class WinogradConv3x3 : public mx::UnaryPrimitive {
+ public:
+  WinogradConv3x3(mx::Stream stream, bool has_bias, bool has_residual, bool relu, bool upsample)
+      : mx::UnaryPrimitive(stream), has_bias_(has_bias), has_residual_(has_residual), relu_(relu), upsample_(upsample) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const auto& x = inputs[0];
+    const auto& weight = inputs[1];
+    const mx::array* bias = has_bias_ ? &inputs[2] : nullptr;
+    const mx::array* residual = has_residual_ ? &inputs[has_bias_ ? 3 : 2] : nullptr;
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    // the transformed kernel: working space held by the encoder until the task has run
+    mx::array u(mx::allocator::malloc(16 * weight.size() / 9 * sizeof(float)), {static_cast<int>(16 * weight.size() / 9)},
+                mx::float32);
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& a : inputs) encoder.set_input_array(a);
+    encoder.set_output_array(out);
+    musicviz::Conv3x3 k{x.data<float>(),
+                        weight.data<float>(),
+                        bias ? bias->data<float>() : nullptr,
+                        residual ? residual->data<float>() : nullptr,
+                        out.data<float>(),
+                        out.shape(0),
+                        out.shape(1),
+                        out.shape(2),
+                        x.shape(3),
+                        out.shape(3),
+                        relu_,
+                        upsample_};
+    float* workspace = u.data<float>();
+    encoder.add_temporary(std::move(u));
+    encoder.dispatch([k, workspace]() { musicviz::conv3x3_winograd(k, workspace, cpu_threads()); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("WinogradConv3x3 runs on the CPU only");
+  }
+
+  const char* name() const override { return "WinogradConv3x3"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const WinogradConv3x3&>(other);
+    return has_bias_ == o.has_bias_ && has_residual_ == o.has_residual_ && relu_ == o.relu_ && upsample_ == o.upsample_;
+  }
+
+ private:
+  bool has_bias_, has_residual_, relu_, upsample_;
+};
+
+mx::array conv3x3(const mx::array& x, const mx::array& weight, const std::optional<mx::array>& bias,
+                  const std::optional<mx::array>& residual, bool relu, bool upsample) {
+  if (x.ndim() != 4 || weight.ndim() != 4 || weight.shape(1) != 3 || weight.shape(2) != 3 || weight.shape(3) != x.shape(3))
+    throw std::invalid_argument("conv3x3: x (N, H, W, C) and weight (O, 3, 3, C) expected");
+  if (x.dtype() != mx::float32 || weight.dtype() != mx::float32)
+    throw std::invalid_argument("conv3x3: float32 only");
+  const int scale = upsample ? 2 : 1;
+  const mx::Shape shape{x.shape(0), x.shape(1) * scale, x.shape(2) * scale, weight.shape(0)};
+  if (!musicviz::winograd_supports(shape[1], shape[2], x.shape(3), weight.shape(0)))
+    throw std::invalid_argument("conv3x3: even output sides, channels a multiple of 16 and outputs of 64 expected");
+  auto s = mx::default_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs{mx::contiguous(x, false, s), mx::contiguous(weight, false, s)};
+  if (bias) {
+    if (bias->ndim() != 1 || bias->shape(0) != shape[3] || bias->dtype() != mx::float32)
+      throw std::invalid_argument("conv3x3: bias (O,) float32 expected");
+    inputs.push_back(mx::contiguous(*bias, false, s));
+  }
+  if (residual) {
+    if (residual->shape() != shape || residual->dtype() != mx::float32)
+      throw std::invalid_argument("conv3x3: residual of the output's shape, float32, expected");
+    inputs.push_back(mx::contiguous(*residual, false, s));
+  }
+  return mx::array(shape, mx::float32,
+                   std::make_shared<WinogradConv3x3>(s, bias.has_value(), residual.has_value(), relu, upsample),
+                   std::move(inputs));
+}
+
+}  // namespace
+
+NB_MODULE(_musicviz_kernels, m) {
+  nb::module_::import_("mlx.core");
+  m.def("conv3x3", &conv3x3, nb::arg("x"), nb::arg("weight"), nb::arg("bias") = nb::none(),
+        nb::arg("residual") = nb::none(), nb::arg("relu") = false, nb::arg("upsample") = false,
+        "3x3 convolution, stride 1, padding 1, float32 NHWC on the CPU, by fused Winograd F(2x2, 3x3): "
+        "relu(conv(upsample?(x)) + bias + residual).");
+}
