@@ -28,6 +28,15 @@ def cpu_device():
     mx.set_default_device(previous)
 
 
+@pytest.fixture
+def without_kernels(monkeypatch):
+    """Models and layers as they run where the C++ kernels (mlx_musicviz.kernels) are not built: the
+    pure-mlx paths."""
+    from mlx_musicviz import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """A small random-weight checkpoint in diffusers layout (sdxs-512-0.9's architecture, tiny

@@ -1,6 +1,7 @@
 """The CPU paths of layers.conv2d (rows of taps, few outputs, Winograd; float and quantized layers; against
 mlx's own convolution), layers.upsample_conv (sub-pixel phases, against the upsampled convolution) and
-layers.GroupNorm (against float64 and PyTorch)."""
+layers.GroupNorm (against float64 and PyTorch). The C++ fused Winograd path is tested in test_kernels.py;
+the paths here are what runs where it does not apply or is not built (`without_kernels`)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -26,7 +27,7 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
     return np.linalg.norm(got - want) / np.linalg.norm(want)
 
 
-@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.usefixtures("cpu_device", "without_kernels")
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 64, True), (2, 33, 50, 16, 12, True),
                                                 (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True),
                                                 (1, 21, 19, 256, 128, True)])
@@ -44,7 +45,7 @@ def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "few_outputs") < 1e-6
 
 
-@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.usefixtures("cpu_device", "without_kernels")
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 8, 6, 320, 24, True), (2, 4, 10, 264, 9, False),
                                                 (1, 2, 2, 300, 16, True), (3, 6, 4, 512, 40, True)])
 def test_winograd_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
@@ -52,7 +53,7 @@ def test_winograd_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, b
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "winograd") < 2e-6
 
 
-@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.usefixtures("cpu_device", "without_kernels")
 def test_other_convolutions_take_mlx_path():
     def path(x, c, o, kernel=3, stride=1):
         return conv_path(x, mx.zeros((o, kernel, kernel, c)), stride, kernel // 2)
@@ -81,7 +82,7 @@ def test_other_convolutions_take_mlx_path():
     assert path(x.astype(mx.float16), 64, 3) == "mlx"
 
 
-@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.usefixtures("cpu_device", "without_kernels")
 @pytest.mark.parametrize("c,o,size,path", [(64, 64, 130, "_rows_of_taps"), (64, 3, 40, "_few_outputs"),
                                             (320, 4, 16, "_few_outputs"), (320, 16, 32, "_winograd")])
 def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, path):
@@ -100,7 +101,7 @@ def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, pat
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
 
 
-@pytest.mark.usefixtures("cpu_device")
+@pytest.mark.usefixtures("cpu_device", "without_kernels")
 @pytest.mark.parametrize("kind,batch,h,w,c,o,bias", [
     ("mlx", 1, 13, 17, 64, 64, True), ("ours", 2, 9, 6, 16, 24, False), ("mlx", 1, 8, 8, 64, 48, True),
     ("quantized", 2, 7, 11, 64, 32, True), ("mlx", 1, 4, 4, 32, 8, True)])

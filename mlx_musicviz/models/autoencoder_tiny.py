@@ -41,9 +41,9 @@ class TinyBlock(nn.Module):
     def __call__(self, x):
         if "pool" in self:
             x = x + _run(self.pool, x)
-        h = _run(self.conv, x)
+        first, _, second, _, third = self.conv  # the ReLUs (conv.1, conv.3) are applied by the convolutions
         skip = self.skip(x) if "skip" in self else x
-        return nn.relu(h + skip)
+        return third(second(first(x, relu=True), relu=True), residual=skip, relu=True)
 
 
 class Upsample(nn.Module):

@@ -7,6 +7,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import kernels
 from .activations import attention, on_cpu, silu, silu_poly
 
 
@@ -118,6 +119,12 @@ def _normalize_affine(x: mx.array, mean: mx.array, rstd: mx.array, weight: mx.ar
 
 
 # The CPU paths of `conv2d` (3x3, stride 1, padding 1, float32); tests change these.
+FUSED_MAX_OUTPUTS = 320  # the C++ fused Winograd (`kernels.conv3x3`) up to this many outputs: each block of
+#                          48 tiles streams the whole transformed kernel (16 * C * O floats), so wide layers
+#                          on small maps lose to BLAS. Measured against the paths below (2-core x86-64, batch 1):
+#                          64->64 at 64^2-512^2 0.35-0.64x their time, 128 and 256 channels at 256^2-512^2
+#                          0.37-0.45x, the UNet's 64^2 layers (320 outputs) 0.69-0.82x; 512->512 at 128^2 0.97x,
+#                          640->640 at 32^2 1.25x, 1280->1280 at 16^2 1.46x
 MIN_PIXELS = 128 * 128  # rows of taps from this map size: below it mlx's own path is as fast
 MIN_CHANNELS = 32  # rows of taps from this many input channels: narrower ones (the decoders' 4-channel
 #                    conv_in) have a small im2col, and mlx's path is 2-2.5x faster
@@ -141,13 +148,23 @@ def _same_3x3_on_cpu(x: mx.array, weight: mx.array, stride, padding, dilation) -
             and _pair(dilation) == (1, 1) and on_cpu(x))
 
 
+def _fused(x: mx.array, weight: mx.array, h: int, w: int) -> bool:
+    """Whether a 3x3 CPU convolution of x with weight (O, 3, 3, C) to an h x w map takes the C++ fused
+    Winograd (float32 only)."""
+    o, c = weight.shape[0], weight.shape[-1]
+    return (x.dtype == mx.float32 and weight.dtype == mx.float32 and o <= FUSED_MAX_OUTPUTS
+            and kernels.supports(h, w, c, o) and kernels.available())
+
+
 def conv_path(x: mx.array, weight: mx.array, stride=1, padding=0, dilation=1) -> str:
-    """How `conv2d` computes x (N, H, W, C) with weight (O, kh, kw, C): "few_outputs", "rows",
-    "winograd" or "mlx"."""
+    """How `conv2d` computes x (N, H, W, C) with weight (O, kh, kw, C): "fused_winograd", "few_outputs",
+    "rows", "winograd" or "mlx"."""
     o, _, _, c = weight.shape
     n, h, w, _ = x.shape
     if not _same_3x3_on_cpu(x, weight, stride, padding, dilation):
         return "mlx"
+    if _fused(x, weight, h, w):
+        return "fused_winograd"
     if o <= FEW_OUTPUTS:
         return "few_outputs"
     if MIN_CHANNELS <= c <= MAX_CHANNELS and h * w >= MIN_PIXELS:
@@ -158,8 +175,13 @@ def conv_path(x: mx.array, weight: mx.array, stride=1, padding=0, dilation=1) ->
 
 
 def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1, padding=0,
-           dilation=1) -> mx.array:
-    """mx.conv2d (+ bias), with three CPU paths for 3x3, stride-1, padding-1 float32 kernels.
+           dilation=1, *, residual: mx.array | None = None, relu: bool = False) -> mx.array:
+    """mx.conv2d (+ bias) [+ residual] [then ReLU], with four CPU paths for 3x3, stride-1, padding-1
+    float32 kernels.
+
+    Fused Winograd (up to FUSED_MAX_OUTPUTS outputs, even maps, channels multiples of 16/64, when the
+    C++ kernels are built: `mlx_musicviz.kernels`): one pass over the map, bias, residual and ReLU in
+    its epilogue. The three below are what runs where it does not apply or is not built.
 
     Rows of taps (large maps of 32 to 256 channels: the tiny VAE's, the KL VAE's two last levels):
     mlx's CPU convolution copies 9 shifted views into one im2col buffer; over a 512x512 map of 64
@@ -182,14 +204,27 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1
     WINOGRAD_MIN_PIXELS): see `_winograd`.
     """
     path = conv_path(x, weight, stride, padding, dilation)
+    if path == "fused_winograd":
+        # the kernel is float32 throughout: a bias or residual kept in half precision is cast
+        bias = None if bias is None else bias.astype(mx.float32)
+        residual = None if residual is None else residual.astype(mx.float32)
+        return kernels.conv3x3(x, weight, bias, residual, relu)
     if path == "few_outputs":
-        return _few_outputs(x, weight, bias)
-    if path == "rows":
-        return _rows_of_taps(x, weight, bias)
-    if path == "winograd":
-        return _winograd(x, weight, bias)
-    y = mx.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)
-    return y if bias is None else y + bias
+        y = _few_outputs(x, weight, bias)
+    elif path == "rows":
+        y = _rows_of_taps(x, weight, bias)
+    elif path == "winograd":
+        y = _winograd(x, weight, bias)
+    else:
+        y = mx.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)
+        y = y if bias is None else y + bias
+    return _epilogue(y, residual, relu)
+
+
+def _epilogue(y: mx.array, residual: mx.array | None, relu: bool) -> mx.array:
+    """What the fused path does after its convolution: + residual, then ReLU."""
+    y = y if residual is None else y + residual
+    return nn.relu(y) if relu else y
 
 
 def _rows_of_taps(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
@@ -288,10 +323,12 @@ def _winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
 class Conv2d(nn.Conv2d):
     """nn.Conv2d computed by `conv2d`, with its CPU paths."""
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, *, residual: mx.array | None = None, relu: bool = False) -> mx.array:
+        """conv(x) [+ residual] [then ReLU]: the fused path applies both in its epilogue."""
         if getattr(self, "groups", 1) != 1:
-            return super().__call__(x)
-        return conv2d(x, self.weight, self.get("bias"), self.stride, self.padding, self.dilation)
+            return _epilogue(super().__call__(x), residual, relu)
+        return conv2d(x, self.weight, self.get("bias"), self.stride, self.padding, self.dilation,
+                      residual=residual, relu=relu)
 
 
 def _row_layout(x: mx.array) -> tuple[mx.array, int]:
@@ -382,10 +419,8 @@ class ResnetBlock2D(nn.Module):
         h = self.conv1(self.norm1.silu(x))
         if temb is not None:
             h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
-        h = self.conv2(self.norm2.silu(h))
-        if "conv_shortcut" in self:
-            x = self.conv_shortcut(x)
-        out = x + h
+        shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
+        out = self.conv2(self.norm2.silu(h), residual=shortcut)  # the shortcut added in the convolution's epilogue
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out
@@ -404,7 +439,8 @@ def upsample_conv(x: mx.array, conv: nn.Module) -> mx.array:
 
     On the CPU, where the small map has at least as many pixels as channels, it is computed as four
     2x2 convolutions on the small map, one per output phase (sub-pixel), interleaved: 16 taps per
-    small-map pixel instead of 36, and no upsampled map. Each phase is 4 accumulating matmuls over
+    small-map pixel instead of 36, and no upsampled map. Where the C++ fused Winograd applies (`conv2d`),
+    it reads the small map through the upsampling instead. Each phase is 4 accumulating matmuls over
     views of the padded map's row layout (`_row_layout`). Measured on a 2-core x86-64 against the
     upsampled convolution: 64 channels 64->128 24 -> 13 ms, 128->256 89 -> 44, 256->512 370 -> 213
     (the tiny VAE's); 640 channels 32->64 248 -> 188 ms at batch 1, 515 -> 353 at batch 2 (the UNet's
@@ -414,11 +450,14 @@ def upsample_conv(x: mx.array, conv: nn.Module) -> mx.array:
     """
     kernel = conv.kernel(x.dtype) if hasattr(conv, "kernel") else conv.weight
     b, h, w, c = x.shape
-    if not (_same_3x3_on_cpu(x, kernel, conv.stride, conv.padding, getattr(conv, "dilation", 1))
-            and getattr(conv, "groups", 1) == 1 and b * h * w >= c):
-        return conv(upsample_nearest(x, 2))
     o = kernel.shape[0]
     bias = conv.get("bias")
+    on_this_path = (_same_3x3_on_cpu(x, kernel, conv.stride, conv.padding, getattr(conv, "dilation", 1))
+                    and getattr(conv, "groups", 1) == 1)
+    if on_this_path and _fused(x, kernel, 2 * h, 2 * w):
+        return kernels.conv3x3(x, kernel, None if bias is None else bias.astype(x.dtype), upsample=True)
+    if not (on_this_path and b * h * w >= c):
+        return conv(upsample_nearest(x, 2))
     folded = _SUBPIXEL_FOLD.astype(kernel.dtype) @ kernel.reshape(o, 9, c)  # (O, 16, C)
     taps = folded.transpose(1, 2, 0).reshape(2, 2, 2, 2, c, o)  # [a, b, ry, rx] -> (C, O)
     flat, wp = _row_layout(x)

@@ -224,9 +224,10 @@ class QuantizedConv2d(_Quantized):
         """The float (O, kh, kw, I) kernel."""
         return self.dequantized(dtype).reshape(self.kernel_shape)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, *, residual: mx.array | None = None, relu: bool = False) -> mx.array:
         bias = self.bias.astype(x.dtype) if "bias" in self else None
-        return conv2d(x, self.kernel(x.dtype), bias, self.stride, self.padding, self.dilation)
+        return conv2d(x, self.kernel(x.dtype), bias, self.stride, self.padding, self.dilation,
+                      residual=residual, relu=relu)
 
 
 # -- plans --------------------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""The C++ fused Winograd convolution (mlx_musicviz.kernels): built where CI runs, against mlx's and
+PyTorch's convolutions on every case its blocking has (tile and channel tails, several output chunks,
+batches, the upsampled input, the epilogue), taken by the layers that should take it, and the fallback
+when it cannot be built."""
+
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
+from mlx_musicviz import kernels
+from mlx_musicviz.models import layers
+
+pytestmark = pytest.mark.usefixtures("cpu_device")
+
+
+def test_the_kernels_are_built_on_linux():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the C++ kernels are built on Linux only")
+    # CI installs the compiler and nanobind: a fallback here would hide a broken build behind slower paths
+    assert kernels.available(), kernels.unavailable_reason()
+
+
+def _relative(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def _reference(x, weight, bias, residual, relu, upsample):
+    """The same function from mlx's own convolution."""
+    source = layers.upsample_nearest(x, 2) if upsample else x
+    y = mx.conv2d(source, weight, padding=1)
+    y = y if bias is None else y + bias
+    y = y if residual is None else y + residual
+    return nn.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("shape,o,bias,residual,relu,upsample", [
+    ((1, 8, 8, 64), 64, True, False, False, False),      # 16 tiles: one short block, a 4-tile micro-kernel tail
+    ((2, 14, 10, 16), 128, False, True, True, False),    # a batch, two output chunks, blocks across images
+    ((1, 30, 34, 320), 320, True, True, False, False),   # 255 tiles, channel chunks 128 + 128 + 64
+    ((3, 5, 7, 48), 64, True, False, True, True),        # upsampled: 10 x 14 outputs from 5 x 7
+    ((1, 64, 64, 64), 64, True, True, True, False),      # the tiny VAE's block convolution
+    ((1, 16, 24, 384), 192, False, False, False, True),  # three chunks each way
+])
+def test_conv3x3_matches_mlx_and_pytorch(shape, o, bias, residual, relu, upsample):
+    import torch
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    key = mx.random.key(sum(shape) + o)
+    k1, k2, k3, k4 = mx.random.split(key, 4)
+    x = mx.random.normal(shape, key=k1)
+    weight = mx.random.normal((o, 3, 3, shape[3]), key=k2) / (3 * shape[3] ** 0.5)
+    b = mx.random.normal((o,), key=k3) if bias else None
+    out_shape = (shape[0], shape[1] * (1 + upsample), shape[2] * (1 + upsample), o)
+    r = mx.random.normal(out_shape, key=k4) if residual else None
+    got = kernels.conv3x3(x, weight, b, r, relu=relu, upsample=upsample)
+    assert got.shape == out_shape and got.dtype == mx.float32
+    assert _relative(got, _reference(x, weight, b, r, relu, upsample)) < 2e-6
+
+    with torch.no_grad():
+        tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
+        if upsample:
+            tx = torch.nn.functional.interpolate(tx, scale_factor=2, mode="nearest")
+        tw = torch.from_numpy(np.array(weight)).permute(0, 3, 1, 2)
+        ty = torch.nn.functional.conv2d(tx, tw, None if b is None else torch.from_numpy(np.array(b)), padding=1)
+        ty = ty.permute(0, 2, 3, 1)
+        ty = ty if r is None else ty + torch.from_numpy(np.array(r))
+        ty = torch.relu(ty) if relu else ty
+    assert _relative(got, ty.numpy()) < 2e-6
+
+
+def test_conv3x3_reads_views_and_repeats_itself_exactly():
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    x = mx.random.normal((1, 32, 20, 64), key=mx.random.key(1)).transpose(0, 2, 1, 3)  # not row-contiguous
+    weight = mx.random.normal((64, 3, 3, 64), key=mx.random.key(2)) / 24
+    got = kernels.conv3x3(x, weight)
+    assert _relative(got, mx.conv2d(x, weight, padding=1)) < 2e-6
+    # each output is computed by one thread, in one order: the same bits every time
+    assert mx.array_equal(got, kernels.conv3x3(x, weight)).item()
+
+
+@pytest.mark.parametrize("shape,weight,message", [
+    ((1, 7, 8, 64), (64, 3, 3, 64), "even output sides"),
+    ((1, 8, 8, 24), (64, 3, 3, 24), "even output sides"),
+    ((1, 8, 8, 64), (48, 3, 3, 64), "even output sides"),
+    ((1, 8, 8, 64), (64, 1, 1, 64), "weight (O, 3, 3, C)"),
+])
+def test_conv3x3_refuses_what_it_does_not_compute(shape, weight, message):
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        kernels.conv3x3(mx.zeros(shape), mx.zeros(weight))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.conv3x3(mx.zeros((1, 8, 8, 64), mx.float16), mx.zeros((64, 3, 3, 64), mx.float16))
+
+
+def test_layers_take_the_fused_path_where_it_pays():
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+
+    def path(shape, o, kernel=3, stride=1, dtype=mx.float32):
+        return layers.conv_path(mx.zeros(shape, dtype), mx.zeros((o, kernel, kernel, shape[3])), stride, kernel // 2)
+
+    assert path((1, 512, 512, 64), 64) == "fused_winograd"  # the tiny VAE's
+    assert path((1, 64, 64, 64), 64) == "fused_winograd"
+    assert path((1, 512, 512, 128), 128) == "fused_winograd"  # the KL VAE's 128- and 256-channel levels
+    assert path((1, 256, 256, 512), 256) == "fused_winograd"
+    assert path((1, 64, 64, 960), 320) == "fused_winograd"  # the UNet's 64x64 level
+    assert path((1, 128, 128, 512), 512) == "winograd"  # wider outputs: mlx's paths
+    assert path((1, 32, 32, 640), 640) == "winograd"
+    assert path((1, 16, 16, 1280), 1280) == "mlx"
+    assert path((1, 512, 512, 64), 3) == "few_outputs"
+    assert path((1, 64, 64, 4), 64) == "mlx"  # 4 channels: not a multiple of 16
+    assert path((1, 129, 128, 64), 64) == "rows"  # an odd side
+    assert path((1, 64, 64, 64), 64, stride=2) == "mlx"
+    assert path((1, 64, 64, 64), 64, kernel=1) == "mlx"
+    assert path((1, 64, 64, 64), 64, dtype=mx.float16) == "mlx"
+    half_kernel = mx.zeros((64, 3, 3, 64), mx.float16)  # float32 input, a half-precision kernel: not fused
+    assert layers.conv_path(mx.zeros((1, 64, 64, 64)), half_kernel, 1, 1) != "fused_winograd"
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_fused_layers_match_the_unfused_ones(monkeypatch, quantized):
+    """Conv2d with its epilogue (the tiny VAE's ReLUs and residual) and upsample_conv, fused against the
+    pure-mlx paths, float and quantized."""
+    from mlx_musicviz.models.quantized import QuantizedConv2d
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    mx.random.seed(7)
+    conv = layers.Conv2d(64, 64, 3, padding=1)
+    if quantized:
+        conv = QuantizedConv2d.from_float(conv, group_size=64, bits=8)
+    x = mx.random.normal((2, 24, 16, 64))
+    residual = mx.random.normal((2, 24, 16, 64))
+    fused = [conv(x, residual=residual, relu=True), conv(x, relu=True), layers.upsample_conv(x, conv)]
+    assert layers.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "fused_winograd"
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(layers, "MIN_PIXELS", 1)  # the rows of taps, as at the tiny VAE's sizes
+    assert layers.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "rows"
+    plain = [conv(x, residual=residual, relu=True), conv(x, relu=True), layers.upsample_conv(x, conv)]
+    for a, b in zip(fused, plain):
+        assert a.shape == b.shape
+        assert _relative(a, b) < 2e-6
+
+
+def _kernels_in_a_fresh_process(tmp_path, **env) -> str:
+    code = ("import mlx_musicviz, mlx.core as mx\n"
+            "from mlx_musicviz import kernels\n"
+            "from mlx_musicviz.models import layers\n"
+            "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
+            " layers.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
+    environment = {**os.environ, "MLX_MUSICVIZ_CACHE": str(tmp_path / "cache"), **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_without_a_compiler_the_models_keep_mlx_paths(tmp_path):
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'c++: error: no such compiler' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    out = _kernels_in_a_fresh_process(tmp_path, CXX=str(fake))
+    if not sys.platform.startswith("linux"):
+        assert out.startswith("False")
+        return
+    assert out == "False | the C++ build failed (%s): c++: error: no such compiler | rows" % fake
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built left where a later run would load it
+
+
+def test_the_switch_turns_them_off(tmp_path):
+    out = _kernels_in_a_fresh_process(tmp_path, MLX_MUSICVIZ_KERNELS="0")
+    assert out.startswith("False |") and out.endswith("| rows")
+    if sys.platform.startswith("linux"):
+        assert "MLX_MUSICVIZ_KERNELS=0" in out
