@@ -205,10 +205,7 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1
     """
     path = conv_path(x, weight, stride, padding, dilation)
     if path == "fused_winograd":
-        # the kernel is float32 throughout: a bias or residual kept in half precision is cast
-        bias = None if bias is None else bias.astype(mx.float32)
-        residual = None if residual is None else residual.astype(mx.float32)
-        return kernels.conv3x3(x, weight, bias, residual, relu)
+        return _fused_conv3x3(x, weight, bias, residual, relu)
     if path == "few_outputs":
         y = _few_outputs(x, weight, bias)
     elif path == "rows":
@@ -219,6 +216,15 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1
         y = mx.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)
         y = y if bias is None else y + bias
     return _epilogue(y, residual, relu)
+
+
+def _fused_conv3x3(x: mx.array, weight: mx.array, bias: mx.array | None, residual: mx.array | None = None,
+                   relu: bool = False, upsample: bool = False) -> mx.array:
+    """The C++ fused Winograd (`kernels.conv3x3`), where `_fused` says it applies."""
+    # the kernel is float32 throughout: a bias or residual kept in half precision is cast
+    bias = None if bias is None else bias.astype(mx.float32)
+    residual = None if residual is None else residual.astype(mx.float32)
+    return kernels.conv3x3(x, weight, bias, residual, relu, upsample=upsample)
 
 
 def _epilogue(y: mx.array, residual: mx.array | None, relu: bool) -> mx.array:
@@ -455,7 +461,7 @@ def upsample_conv(x: mx.array, conv: nn.Module) -> mx.array:
     on_this_path = (_same_3x3_on_cpu(x, kernel, conv.stride, conv.padding, getattr(conv, "dilation", 1))
                     and getattr(conv, "groups", 1) == 1)
     if on_this_path and _fused(x, kernel, 2 * h, 2 * w):
-        return kernels.conv3x3(x, kernel, None if bias is None else bias.astype(x.dtype), upsample=True)
+        return _fused_conv3x3(x, kernel, bias, upsample=True)
     if not (on_this_path and b * h * w >= c):
         return conv(upsample_nearest(x, 2))
     folded = _SUBPIXEL_FOLD.astype(kernel.dtype) @ kernel.reshape(o, 9, c)  # (O, 16, C)
