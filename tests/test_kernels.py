@@ -152,6 +152,67 @@ def test_fused_layers_match_the_unfused_ones(monkeypatch, quantized):
         assert _relative(a, b) < 2e-6
 
 
+@pytest.mark.parametrize("batch,n,m,heads,d", [
+    (1, 50, 64, 2, 64),      # one short query block, a 2-row micro-kernel tail
+    (2, 130, 192, 3, 64),    # a batch, blocks of 48 rows across heads, three key panels
+    (1, 97, 128, 2, 128),    # heads of two 64-column output panels
+    (1, 1024, 1024, 10, 64), # the sdxs-512 UNet's self-attention at 32 x 32 latents
+])
+def test_attention_matches_mlx_and_pytorch(batch, n, m, heads, d):
+    import torch
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    k1, k2, k3 = mx.random.split(mx.random.key(n + m + d), 3)
+    # scores of standard deviation ~3 after scaling: a peaked softmax, as trained attentions have
+    q = 3 * mx.random.normal((batch, n, heads * d), key=k1)
+    k = mx.random.normal((batch, m, heads * d), key=k2)
+    v = mx.random.normal((batch, m, heads * d), key=k3)
+    scale = d**-0.5
+    got = kernels.attention(q, k, v, heads, scale)
+    assert got.shape == q.shape and got.dtype == mx.float32
+    split = [t.reshape(batch, -1, heads, d).transpose(0, 2, 1, 3) for t in (q, k, v)]
+    want = mx.softmax((split[0] @ split[1].swapaxes(-1, -2)) * scale, axis=-1, precise=True) @ split[2]
+    assert _relative(got, want.transpose(0, 2, 1, 3).reshape(q.shape)) < 2e-6
+    with torch.no_grad():
+        tq, tk, tv = (torch.from_numpy(np.array(t)) for t in split)
+        ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=scale)
+    assert _relative(got, ty.permute(0, 2, 1, 3).reshape(q.shape).numpy()) < 2e-6
+    # views are made contiguous first, and each output row is computed by one thread in one order
+    assert mx.array_equal(kernels.attention(q[:, :, :], k.T.T, v, heads, scale), got).item()
+
+
+@pytest.mark.parametrize("q,k,heads,message", [
+    ((1, 8, 128), (1, 77, 128), 2, "multiples of 64"),   # 77 keys (a cross-attention on text)
+    ((1, 8, 96), (1, 64, 96), 3, "multiples of 64"),     # heads of 32 channels
+    ((1, 8, 128), (1, 64, 64), 2, "q (B, N, H * d)"),
+])
+def test_attention_refuses_what_it_does_not_compute(q, k, heads, message):
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        kernels.attention(mx.zeros(q), mx.zeros(k), mx.zeros(k), heads, 0.1)
+    assert not kernels.attention_supports(k[1], q[2] // heads) or message.startswith("q")
+
+
+def test_multi_head_attention_takes_the_kernel_where_it_applies(monkeypatch):
+    from mlx_musicviz.models import activations
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    calls = []
+    original = kernels.attention
+    monkeypatch.setattr(kernels, "attention", lambda *args: calls.append(args[1].shape) or original(*args))
+    x, text = mx.random.normal((2, 256, 128), key=mx.random.key(3)), mx.random.normal((2, 77, 128), key=mx.random.key(4))
+    fused = activations.multi_head_attention(x, x, x, 2, 0.125)
+    activations.multi_head_attention(x, text, text, 2, 0.125)  # 77 keys: the mlx path
+    causal = mx.triu(mx.full((256, 256), -mx.inf), k=1)
+    activations.multi_head_attention(x, x, x, 2, 0.125, causal)  # a mask: the mlx path
+    assert calls == [(2, 256, 128)]
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    assert _relative(fused, activations.multi_head_attention(x, x, x, 2, 0.125)) < 2e-6
+
+
 def _kernels_in_a_fresh_process(tmp_path, **env) -> str:
     code = ("import mlx_musicviz, mlx.core as mx\n"
             "from mlx_musicviz import kernels\n"

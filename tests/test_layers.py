@@ -42,7 +42,9 @@ def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias)
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 40, 37, 64, 3, True), (2, 9, 11, 320, 4, True),
                                                 (1, 1, 5, 8, 8, False), (2, 64, 64, 128, 1, True)])
 def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
-    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "few_outputs") < 1e-6
+    # 2e-6: sums of up to 9 * 320 float32 products, in another order than the reference's BLAS
+    # (1.02e-6 measured on an AMD EPYC Zen 4 with Debian's OpenBLAS).
+    assert _relative_error_against_mlx(batch, h, w, c, o, bias, "few_outputs") < 2e-6
 
 
 @pytest.mark.usefixtures("cpu_device", "without_kernels")
@@ -98,7 +100,8 @@ def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, pat
     assert taken == [path]
     kernel = q.dequantized(mx.float32).reshape(q.kernel_shape)
     want = np.array(mx.conv2d(x, kernel, padding=1) + q.bias)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    # 2e-6: float32 sums over 9 * 320 products in another order than the reference's (1.08e-6 measured)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-6
 
 
 @pytest.mark.usefixtures("cpu_device", "without_kernels")

@@ -1,6 +1,7 @@
-"""CPU kernels in C++ for what mlx's CPU backend composes slowly: a fused Winograd 3x3 convolution.
+"""CPU kernels in C++ for what mlx's CPU backend composes slowly: a fused Winograd 3x3 convolution
+and a fused multi-head attention.
 
-The kernel (`winograd_conv.h`) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
+Each kernel (`winograd_conv.h`, `attention.h`) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
 graph on its CPU stream like any other op. It is compiled on first use against the mlx that is
 installed (its headers and `libmlx`), with nanobind in mlx's own domain, and cached by everything
 that could change the binary: the sources, the versions of mlx, nanobind and Python, the compiler,
@@ -30,7 +31,7 @@ from pathlib import Path
 ENV_VAR = "MLX_MUSICVIZ_KERNELS"
 CACHE_VAR = "MLX_MUSICVIZ_CACHE"
 MODULE = "_musicviz_kernels"
-SOURCES = ("extension.cpp", "winograd_conv.h")
+SOURCES = ("extension.cpp", "winograd_conv.h", "attention.h")
 FLAGS = ("-O3", "-march=native", "-std=c++20", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
          "-DNDEBUG", "-DNB_DOMAIN=mlx")  # mlx.core's nanobind domain: its array type is shared within it
 
@@ -125,6 +126,12 @@ def _self_check(module) -> None:
         error = mx.abs(got - mx.maximum(expected + residual, 0)).max().item()
         if not error < 1e-3:
             raise RuntimeError(f"the built kernel disagrees with mlx's convolution (max error {error:.3g})")
+    q, k, v = (3 * mx.random.normal((2, tokens, 128), key=part) for tokens, part in zip((50, 64, 64), mx.random.split(key, 3)))
+    heads = [t.reshape(2, -1, 2, 64).transpose(0, 2, 1, 3) for t in (q, k, v)]
+    expected = mx.softmax((heads[0] @ heads[1].swapaxes(-1, -2)) * 0.125, axis=-1) @ heads[2]
+    error = mx.abs(module.attention(q, k, v, 2, 0.125) - expected.transpose(0, 2, 1, 3).reshape(2, 50, 128)).max().item()
+    if not error < 1e-4:
+        raise RuntimeError(f"the built attention kernel disagrees with mlx's (max error {error:.3g})")
 
 
 def _kernels():
@@ -177,6 +184,19 @@ def conv3x3(x, weight, bias=None, residual=None, relu: bool = False, upsample: b
     Needs even output sides, C a multiple of 16 and O of 64 (`supports`). Call only when `available()`.
     """
     return _kernels().conv3x3(x, weight, bias, residual, relu, upsample)
+
+
+def attention(q, k, v, heads: int, scale: float):
+    """softmax(q_h k_h^T * scale) v_h for each of `heads` heads, over float32 (B, N, heads * d) `q` and
+    (B, M, heads * d) `k`, `v` (the projections' layout, head h in columns h * d to (h + 1) * d);
+    returns (B, N, heads * d). No mask. Needs M and d multiples of 64 (`attention_supports`).
+    """
+    return _kernels().attention(q, k, v, heads, scale)
+
+
+def attention_supports(keys: int, head_size: int) -> bool:
+    """Whether `attention` takes `keys` key tokens and heads of `head_size` channels."""
+    return keys > 0 and keys % 64 == 0 and head_size > 0 and head_size % 64 == 0
 
 
 def supports(height: int, width: int, channels: int, outputs: int) -> bool:

@@ -1,4 +1,4 @@
-// mlx primitive around winograd_conv.h, and its Python binding (nanobind, in mlx's own domain so that
+// mlx primitives around winograd_conv.h and attention.h, and their Python bindings (nanobind, in mlx's own domain so that
 // mlx.core.array crosses over). Built on first use by mlx_musicviz/kernels/__init__.py.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -11,6 +11,7 @@
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
 
+#include "attention.h"
 #include "winograd_conv.h"
 
 namespace nb = nanobind;
@@ -100,6 +101,50 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight, const std::option
                    std::move(inputs));
 }
 
+class FusedAttention : public mx::UnaryPrimitive {
+ public:
+  FusedAttention(mx::Stream stream, int heads, float scale) : mx::UnaryPrimitive(stream), heads_(heads), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const auto &q = inputs[0], &k = inputs[1], &v = inputs[2];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& a : inputs) encoder.set_input_array(a);
+    encoder.set_output_array(out);
+    musicviz::Attention a{q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(),
+                          q.shape(0),      q.shape(1),      k.shape(1),      heads_,
+                          q.shape(2) / heads_, scale_};
+    encoder.dispatch([a]() { musicviz::attention_fused(a, cpu_threads()); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("FusedAttention runs on the CPU only");
+  }
+
+  const char* name() const override { return "FusedAttention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const FusedAttention&>(other);
+    return heads_ == o.heads_ && scale_ == o.scale_;
+  }
+
+ private:
+  int heads_;
+  float scale_;
+};
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, int heads, float scale) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.shape() != k.shape() || k.shape(0) != q.shape(0) || k.shape(2) != q.shape(2))
+    throw std::invalid_argument("attention: q (B, N, H * d), k and v (B, M, H * d) expected");
+  if (q.dtype() != mx::float32 || k.dtype() != mx::float32 || v.dtype() != mx::float32)
+    throw std::invalid_argument("attention: float32 only");
+  if (heads <= 0 || q.shape(2) % heads != 0 || !musicviz::attention_supports(k.shape(1), q.shape(2) / heads))
+    throw std::invalid_argument("attention: key tokens and head size multiples of 64 expected");
+  auto s = mx::default_stream(mx::Device::cpu);
+  return mx::array(q.shape(), mx::float32, std::make_shared<FusedAttention>(s, heads, scale),
+                   {mx::contiguous(q, false, s), mx::contiguous(k, false, s), mx::contiguous(v, false, s)});
+}
+
 }  // namespace
 
 NB_MODULE(_musicviz_kernels, m) {
@@ -108,4 +153,6 @@ NB_MODULE(_musicviz_kernels, m) {
         nb::arg("residual") = nb::none(), nb::arg("relu") = false, nb::arg("upsample") = false,
         "3x3 convolution, stride 1, padding 1, float32 NHWC on the CPU, by fused Winograd F(2x2, 3x3): "
         "relu(conv(upsample?(x)) + bias + residual).");
+  m.def("attention", &attention, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("heads"), nb::arg("scale"),
+        "softmax(q k^T * scale) v per head, fused, over float32 (B, tokens, heads * d) rows on the CPU.");
 }

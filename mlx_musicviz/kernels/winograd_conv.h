@@ -88,22 +88,22 @@ inline void transform_kernel(const Conv3x3& k, float* u, int group_begin, int gr
   }
 }
 
-// m (R x OB) = [m +] v (R x depth, rows ld apart) @ u (depth x OB): R x 4 vector accumulators in
-// registers, one broadcast of v per row and k.
+// m (R x OB) = [m +] v (R x depth, rows ldv apart) @ u (depth x OB, rows ldu apart), m's rows ldm
+// apart: R x 4 vector accumulators in registers, one broadcast of v per row and k.
 template <int R>
-inline void micro(const float* v, int ld, int depth, const float* u, float* m, bool accumulate) {
+inline void micro(const float* v, int ldv, int depth, const float* u, int ldu, float* m, int ldm, bool accumulate) {
   vec acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? load(m + r * OB + j * LANES) : vec{};
+    for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? load(m + static_cast<size_t>(r) * ldm + j * LANES) : vec{};
   for (int kk = 0; kk < depth; ++kk) {
     vec b[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) b[j] = load(u + static_cast<size_t>(kk) * OB + j * LANES);
+    for (int j = 0; j < NV; ++j) b[j] = load(u + static_cast<size_t>(kk) * ldu + j * LANES);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const float a = v[static_cast<size_t>(r) * ld + kk];
+      const float a = v[static_cast<size_t>(r) * ldv + kk];
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[r][j] += a * b[j];
     }
@@ -111,20 +111,23 @@ inline void micro(const float* v, int ld, int depth, const float* u, float* m, b
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) store(m + r * OB + j * LANES, acc[r][j]);
+    for (int j = 0; j < NV; ++j) store(m + static_cast<size_t>(r) * ldm + j * LANES, acc[r][j]);
 }
 
-inline void gemm(const float* v, int rows, int depth, const float* u, float* m, bool accumulate) {
+// m (rows x OB) = [m +] v (rows x depth) @ u (depth x OB), leading dimensions as in micro.
+inline void gemm(const float* v, int ldv, int rows, int depth, const float* u, int ldu, float* m, int ldm,
+                 bool accumulate) {
   int r = 0;
-  for (; r + ROWS <= rows; r += ROWS) micro<ROWS>(v + static_cast<size_t>(r) * depth, depth, depth, u, m + r * OB, accumulate);
-  const float* vr = v + static_cast<size_t>(r) * depth;
-  float* mr = m + r * OB;
+  for (; r + ROWS <= rows; r += ROWS)
+    micro<ROWS>(v + static_cast<size_t>(r) * ldv, ldv, depth, u, ldu, m + static_cast<size_t>(r) * ldm, ldm, accumulate);
+  const float* vr = v + static_cast<size_t>(r) * ldv;
+  float* mr = m + static_cast<size_t>(r) * ldm;
   switch (rows - r) {
-    case 1: micro<1>(vr, depth, depth, u, mr, accumulate); break;
-    case 2: micro<2>(vr, depth, depth, u, mr, accumulate); break;
-    case 3: micro<3>(vr, depth, depth, u, mr, accumulate); break;
-    case 4: micro<4>(vr, depth, depth, u, mr, accumulate); break;
-    case 5: micro<5>(vr, depth, depth, u, mr, accumulate); break;
+    case 1: micro<1>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
+    case 2: micro<2>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
+    case 3: micro<3>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
+    case 4: micro<4>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
+    case 5: micro<5>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
     default: break;
   }
 }
@@ -177,8 +180,8 @@ inline void block(const Conv3x3& k, const float* u, int t0, int count, int chunk
       }
     }
     for (int p = 0; p < 16; ++p)
-      gemm(v + p * step, count, depth, u + ((static_cast<size_t>(chunk) * 16 + p) * k.c + c0) * OB,
-           m + static_cast<size_t>(p) * count * OB, c0 > 0);
+      gemm(v + p * step, depth, count, depth, u + ((static_cast<size_t>(chunk) * 16 + p) * k.c + c0) * OB, OB,
+           m + static_cast<size_t>(p) * count * OB, OB, c0 > 0);
   }
   for (int t = 0; t < count; ++t) {  // A^T M A, A^T's rows (1, 1, 1, 0), (0, 1, -1, -1); then the epilogue
     const int tile = t0 + t, image = tile / tiles_per_image, rest = tile % tiles_per_image;

@@ -22,6 +22,8 @@ import functools
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import kernels
+
 # erf(x) ~= x * P(x^2) / Q(x^2) on [-4, 4]: minimax coefficients for float32 (lowest power first).
 _ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
           -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10)
@@ -130,6 +132,24 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
         first = _attention_cpu(q[:, :h], k[:, :h], v[:, :h], scale, _heads(mask, 0, h))
     rest = _attention_cpu(q[:, h:], k[:, h:], v[:, h:], scale, _heads(mask, h, heads))
     return mx.concatenate([first, rest], axis=1)
+
+
+def multi_head_attention(
+    q: mx.array, k: mx.array, v: mx.array, heads: int, scale: float, mask: mx.array | None = None
+) -> mx.array:
+    """`attention` over the projections' layout: q (B, N, heads * d), k and v (B, M, heads * d), head h
+    in columns h * d to (h + 1) * d; returns (B, N, heads * d).
+
+    On the CPU, without a mask, the fused C++ kernel (mlx_musicviz.kernels) takes it when it is built
+    and M and d are multiples of 64 (the UNet's self-attentions): on a 2-core x86-64 it ran 10 heads
+    of 1024 x 1024 tokens in 15 ms against 250 ms for the mlx composition (rel. L2 6e-7).
+    """
+    b, n, width = q.shape
+    d = width // heads
+    if mask is None and on_cpu(q) and kernels.attention_supports(k.shape[1], d) and kernels.available():
+        return kernels.attention(q, k, v, heads, scale)
+    q, k, v = (t.reshape(b, t.shape[1], heads, d).transpose(0, 2, 1, 3) for t in (q, k, v))
+    return attention(q, k, v, scale, mask).transpose(0, 2, 1, 3).reshape(b, n, width)
 
 
 def _heads(mask: mx.array | None, start: int, stop: int) -> mx.array | None:

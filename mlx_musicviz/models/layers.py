@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .. import kernels
-from .activations import attention, on_cpu, silu, silu_poly
+from .activations import multi_head_attention, on_cpu, silu, silu_poly
 
 
 def upsample_nearest(x: mx.array, factor: int = 2) -> mx.array:
@@ -388,13 +388,7 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, context: mx.array | None = None, mask: mx.array | None = None) -> mx.array:
         context = x if context is None else context
-        b, n, _ = x.shape
-        m = context.shape[1]
-        q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
-        k = self.to_k(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
-        v = self.to_v(context).reshape(b, m, self.heads, -1).transpose(0, 2, 1, 3)
-        out = attention(q, k, v, self.scale, mask)
-        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, self.scale, mask)
         return self.to_out[0](out)
 
 

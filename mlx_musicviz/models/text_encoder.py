@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import attention, gelu
+from .activations import gelu, multi_head_attention
 from .configs import CLIPTextConfig
 from .layers import LayerNorm
 
@@ -30,10 +30,8 @@ class CLIPAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        b, n, _ = x.shape
-        q, k, v = (p(x).reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = attention(q, k, v, self.scale, mask)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        out = multi_head_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, mask)
+        return self.out_proj(out)
 
 
 class CLIPMLP(nn.Module):
