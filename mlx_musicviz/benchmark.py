@@ -267,7 +267,7 @@ def _profiled_callables():
             (quantized.QuantizedConv2d, "__call__", "convolution"), (layers, "upsample_conv", "convolution"),
             (layers, "upsample_nearest", "convolution"),
             (nn.Linear, "__call__", "linear"), (quantized.QuantizedLinear, "__call__", "linear"),
-            (layers, "attention", "attention core"),
+            (layers, "multi_head_attention", "attention core"),
             (layers.GroupNorm, "__call__", "norm and activation"), (layers.GroupNorm, "silu", "norm and activation"),
             (layers.LayerNorm, "__call__", "norm and activation"), (nn.ReLU, "__call__", "norm and activation"),
             (layers, "silu", "norm and activation"), (unet, "silu", "norm and activation"),

@@ -115,7 +115,7 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
     latents = mx.random.normal((2, 16, 16, 4), key=mx.random.key(0))
     emb = mx.random.normal((1, 77, pipe.text_encoder.hidden_size), key=mx.random.key(1))
     plain = pipe.generate(latents, emb)
-    originals = (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.attention, layers.upsample_conv)
+    originals = (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.multi_head_attention, layers.upsample_conv)
     split = profile_frame(pipe, latents, emb)
     assert set(split) == {*PROFILE_KINDS, "total"}
     assert all(split[kind] > 0 for kind in PROFILE_KINDS[:-1]), split
@@ -125,7 +125,7 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
         profiled = pipe.generate(latents, emb)
         mx.eval(profiled)
     assert mx.array_equal(profiled, plain).item()
-    assert (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.attention,
+    assert (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.multi_head_attention,
             layers.upsample_conv) == originals
     # A profiled call inside another is charged once: the UNet's wide upsampler at 16x16 (fewer pixels than
     # channels) is a convolution of the upsampled map inside `upsample_conv`, all three "convolution".
