@@ -271,7 +271,7 @@ def _profiled_callables():
             (layers.GroupNorm, "__call__", "norm and activation"), (layers.GroupNorm, "silu", "norm and activation"),
             (layers.LayerNorm, "__call__", "norm and activation"), (nn.ReLU, "__call__", "norm and activation"),
             (layers, "silu", "norm and activation"), (unet, "silu", "norm and activation"),
-            (unet, "gelu", "norm and activation"))
+            (unet, "geglu", "norm and activation"))
 
 
 PROFILE_KINDS = ("convolution", "linear", "attention core", "norm and activation", "other")

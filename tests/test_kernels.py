@@ -1,4 +1,4 @@
-"""The C++ fused Winograd convolution (mlx_musicviz.kernels): built where CI runs, against mlx's and
+"""The C++ kernels (mlx_musicviz.kernels; GroupNorm's against float64 and PyTorch in test_layers.py). The fused Winograd convolution: built where CI runs, against mlx's and
 PyTorch's convolutions on every case its blocking has (tile and channel tails, several output chunks,
 batches, the upsampled input, the epilogue), taken by the layers that should take it, and the fallback
 when it cannot be built."""
@@ -157,6 +157,8 @@ def test_fused_layers_match_the_unfused_ones(monkeypatch, quantized):
     (2, 130, 192, 3, 64),    # a batch, blocks of 48 rows across heads, three key panels
     (1, 97, 128, 2, 128),    # heads of two 64-column output panels
     (1, 1024, 1024, 10, 64), # the sdxs-512 UNet's self-attention at 32 x 32 latents
+    (2, 4096, 77, 5, 64),    # its cross-attention on the 77 text tokens at 64 x 64: a padded key panel
+    (1, 20, 3, 1, 64),       # fewer keys than one vector
 ])
 def test_attention_matches_mlx_and_pytorch(batch, n, m, heads, d):
     import torch
@@ -183,8 +185,7 @@ def test_attention_matches_mlx_and_pytorch(batch, n, m, heads, d):
 
 
 @pytest.mark.parametrize("q,k,heads,message", [
-    ((1, 8, 128), (1, 77, 128), 2, "multiples of 64"),   # 77 keys (a cross-attention on text)
-    ((1, 8, 96), (1, 64, 96), 3, "multiples of 64"),     # heads of 32 channels
+    ((1, 8, 96), (1, 64, 96), 3, "multiple of 64"),      # heads of 32 channels
     ((1, 8, 128), (1, 64, 64), 2, "q (B, N, H * d)"),
 ])
 def test_attention_refuses_what_it_does_not_compute(q, k, heads, message):
@@ -205,12 +206,106 @@ def test_multi_head_attention_takes_the_kernel_where_it_applies(monkeypatch):
     monkeypatch.setattr(kernels, "attention", lambda *args: calls.append(args[1].shape) or original(*args))
     x, text = mx.random.normal((2, 256, 128), key=mx.random.key(3)), mx.random.normal((2, 77, 128), key=mx.random.key(4))
     fused = activations.multi_head_attention(x, x, x, 2, 0.125)
-    activations.multi_head_attention(x, text, text, 2, 0.125)  # 77 keys: the mlx path
+    cross = activations.multi_head_attention(x, text, text, 2, 0.125)  # 77 keys (text): the kernel too
     causal = mx.triu(mx.full((256, 256), -mx.inf), k=1)
     activations.multi_head_attention(x, x, x, 2, 0.125, causal)  # a mask: the mlx path
-    assert calls == [(2, 256, 128)]
+    wide = mx.random.normal((1, 64, 96), key=mx.random.key(5))
+    activations.multi_head_attention(wide, wide, wide, 3, 0.125)  # heads of 32 channels: the mlx path
+    assert calls == [(2, 256, 128), (2, 77, 128)]
     monkeypatch.setattr(kernels, "available", lambda: False)
     assert _relative(fused, activations.multi_head_attention(x, x, x, 2, 0.125)) < 2e-6
+    assert _relative(cross, activations.multi_head_attention(x, text, text, 2, 0.125)) < 2e-6
+
+
+def test_group_norm_without_affine_on_views_and_its_refusals():
+    """The kernel without weight or bias, on a view, bit-stable; channel counts it does not take are
+    refused, and layers.GroupNorm sends them to its mlx path."""
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    x = 4 + 2 * mx.random.normal((2, 9, 13, 64), key=mx.random.key(7))
+    groups = np.array(x, np.float64).reshape(2, -1, 8, 8)
+    want = ((groups - groups.mean(axis=(1, 3), keepdims=True)) / np.sqrt(groups.var(axis=(1, 3), keepdims=True) + 1e-5))
+    got = kernels.group_norm(x, 8, 1e-5)
+    assert _relative(got, want.reshape(x.shape)) < 1e-6
+    assert mx.array_equal(kernels.group_norm(x.T.T, 8, 1e-5), got).item()
+    silu = kernels.group_norm(x, 8, 1e-5, silu=True)
+    assert _relative(silu, got * mx.sigmoid(got)) < 1e-6
+    for channels, count in ((24, 4), (64, 6)):  # not a multiple of 16; groups that do not divide
+        assert not kernels.group_norm_supports(channels, count)
+        with pytest.raises(ValueError, match="multiple of 16 and of the group count"):
+            kernels.group_norm(mx.zeros((1, 4, channels)), count, 1e-5)
+    norm = layers.GroupNorm(4, 24, pytorch_compatible=True)
+    y = mx.random.normal((1, 5, 5, 24), key=mx.random.key(8))
+    want = np.array(nn.GroupNorm(4, 24, pytorch_compatible=True)(y))
+    assert _relative(norm(y), want) < 1e-6
+
+
+def test_layer_norm_without_affine_and_its_refusals():
+    """kernels.layer_norm without weight or bias (the affine path is in test_layers.py), on a view;
+    24 channels are refused, and layers.LayerNorm keeps its matmul path for them."""
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    x = 7 + 3 * mx.random.normal((3, 17, 48), key=mx.random.key(11))
+    xd = np.array(x, np.float64)
+    want = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
+    got = kernels.layer_norm(x, 1e-5)
+    assert _relative(got, want) < 1e-6
+    assert mx.array_equal(kernels.layer_norm(x.T.T, 1e-5), got).item()
+    assert not kernels.layer_norm_supports(24)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.layer_norm(mx.zeros((2, 24)), 1e-5)
+    norm = layers.LayerNorm(24)
+    y = mx.random.normal((2, 5, 24), key=mx.random.key(12))
+    assert _relative(norm(y), nn.LayerNorm(24)(y)) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 4096, 2560), (2, 7, 64), (5, 32)])
+def test_geglu_matches_mlx_and_pytorch(shape):
+    """kernels.geglu against h * gelu(gate) in float64, mlx's and PyTorch's exact GELU; the models' GEGLU
+    takes it, and widths it does not take go to the mlx path."""
+    import torch
+
+    from mlx_musicviz.models import activations
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    x = 3 * mx.random.normal(shape, key=mx.random.key(shape[-1]))  # gates out to +-12: the clamped erf too
+    got = kernels.geglu(x)
+    assert got.shape == (*shape[:-1], shape[-1] // 2) and got.dtype == mx.float32
+    xd = np.array(x, np.float64)
+    h, gate = np.split(xd, 2, axis=-1)
+    from math import erf
+    want = h * 0.5 * gate * (1 + np.vectorize(erf)(gate / np.sqrt(2)))
+    assert _relative(got, want) < 1e-6
+    th, tgate = torch.from_numpy(np.array(x)).chunk(2, dim=-1)
+    assert _relative(got, (th * torch.nn.functional.gelu(tgate)).numpy()) < 1e-6
+    assert mx.array_equal(activations.geglu(x), got).item()
+    assert mx.array_equal(kernels.geglu(x[..., :].T.T), got).item()
+
+
+def test_geglu_refuses_what_it_does_not_compute(monkeypatch):
+    from mlx_musicviz.models import activations
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    for width in (48, 33):  # D = 24 (not a multiple of 16); an odd width
+        assert not kernels.geglu_supports(width)
+        with pytest.raises(ValueError, match="2 \\* D with D a multiple of 16"):
+            kernels.geglu(mx.zeros((2, width)))
+    x = mx.random.normal((3, 48), key=mx.random.key(9))
+    h, gate = mx.split(x, 2, axis=-1)
+    assert _relative(activations.geglu(x), h * nn.gelu(gate)) < 1e-6  # the mlx path
+    calls = []
+    original = kernels.geglu
+    monkeypatch.setattr(kernels, "geglu", lambda y: calls.append(y.shape) or original(y))
+    from mlx_musicviz.models.unet import GEGLU
+
+    layer = GEGLU(32, 64)
+    y = mx.random.normal((1, 10, 32), key=mx.random.key(10))
+    fused = layer(y)
+    assert calls == [(1, 10, 128)]
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    assert _relative(fused, layer(y)) < 1e-6
 
 
 def _kernels_in_a_fresh_process(tmp_path, **env) -> str:

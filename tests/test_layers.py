@@ -1,6 +1,6 @@
 """The CPU paths of layers.conv2d (rows of taps, few outputs, Winograd; float and quantized layers; against
 mlx's own convolution), layers.upsample_conv (sub-pixel phases, against the upsampled convolution) and
-layers.GroupNorm (against float64 and PyTorch). The C++ fused Winograd path is tested in test_kernels.py;
+layers.GroupNorm (against float64 and PyTorch, its C++ kernel and its mlx path). The C++ fused Winograd path is tested in test_kernels.py;
 the paths here are what runs where it does not apply or is not built (`without_kernels`)."""
 
 import mlx.core as mx
@@ -129,6 +129,25 @@ def test_upsample_conv_matches_the_upsampled_convolution(monkeypatch, kind, batc
     assert upsampled == ([] if batch * h * w >= c else [1])
 
 
+def _kernel_calls(monkeypatch, name: str) -> list:
+    """The input shapes of every call of kernels.<name> from here on (the kernels must be built)."""
+    from mlx_musicviz import kernels
+
+    if not kernels.available():
+        pytest.fail(kernels.unavailable_reason())
+    calls, original = [], getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    return calls
+
+
+def _without_kernels(monkeypatch) -> list:
+    """The pure-mlx paths from here on (as the `without_kernels` fixture); no kernel calls to record."""
+    from mlx_musicviz import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    return []
+
+
 def _group_norm_float64(x: np.ndarray, groups: int, eps: float, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     b, c = x.shape[0], x.shape[-1]
     xg = x.astype(np.float64).reshape(b, -1, groups, c // groups)
@@ -143,9 +162,13 @@ def _group_norm_float64(x: np.ndarray, groups: int, eps: float, weight: np.ndarr
     ((1, 256, 512, 128), 32, 3.0),   # a VAE decoder's million-element groups
     ((1, 499, 511, 32), 8, 3.0),     # large groups, row count not a multiple of the block (2.9e-5 before)
 ])
-def test_group_norm_matches_float64_and_pytorch(shape, groups, offset):
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "mlx"])
+@pytest.mark.usefixtures("cpu_device")
+def test_group_norm_matches_float64_and_pytorch(monkeypatch, shape, groups, offset, kernel):
+    """Both CPU paths: the C++ kernel (kernels.group_norm) and the pure-mlx one it replaces where built."""
     import torch
 
+    calls = _kernel_calls(monkeypatch, "group_norm") if kernel else _without_kernels(monkeypatch)
     rng = np.random.default_rng(4)
     x = (rng.standard_normal(shape) * 2 + offset).astype(np.float32)
     c = shape[-1]
@@ -167,6 +190,7 @@ def test_group_norm_matches_float64_and_pytorch(shape, groups, offset):
         torch_out = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     # PyTorch's own float32 error is up to 2e-5 on the million-element groups; ours stays below 2e-6.
     assert np.linalg.norm(got - torch_out) / np.linalg.norm(torch_out) < 5e-5
+    assert calls == ([shape, shape] if kernel else [])
 
 
 @pytest.mark.parametrize("shape,offset", [
@@ -174,9 +198,13 @@ def test_group_norm_matches_float64_and_pytorch(shape, groups, offset):
     ((2, 77, 1024), 5.0),    # the text encoder's width, a mean far from zero
     ((3, 5, 7), 1.0),        # small and odd
 ])
-def test_layer_norm_matches_float64_and_pytorch(shape, offset):
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "mlx"])
+@pytest.mark.usefixtures("cpu_device")
+def test_layer_norm_matches_float64_and_pytorch(monkeypatch, shape, offset, kernel):
+    """Both CPU paths: the C++ kernel (kernels.layer_norm, rows of a multiple of 16) and the matmul one."""
     import torch
 
+    calls = _kernel_calls(monkeypatch, "layer_norm") if kernel else _without_kernels(monkeypatch)
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 3 + offset).astype(np.float32)
     c = shape[-1]
@@ -193,3 +221,4 @@ def test_layer_norm_matches_float64_and_pytorch(shape, offset):
         torch_out = torch.nn.functional.layer_norm(torch.from_numpy(x), (c,), torch.from_numpy(weight),
                                                    torch.from_numpy(bias), 1e-5).numpy()
     assert np.linalg.norm(got - torch_out) / np.linalg.norm(torch_out) < 1e-6
+    assert calls == ([shape] if kernel and shape[-1] % 16 == 0 else [])

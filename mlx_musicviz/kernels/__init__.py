@@ -1,7 +1,7 @@
-"""CPU kernels in C++ for what mlx's CPU backend composes slowly: a fused Winograd 3x3 convolution
-and a fused multi-head attention.
+"""CPU kernels in C++ for what mlx's CPU backend composes slowly: a fused Winograd 3x3 convolution,
+a fused multi-head attention, GroupNorm (+ SiLU) and LayerNorm in one pass each, and GEGLU's activation.
 
-Each kernel (`winograd_conv.h`, `attention.h`) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
+Each kernel (`winograd_conv.h`, `attention.h`, `group_norm.h`, `layer_norm.h`, `geglu.h`) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
 graph on its CPU stream like any other op. It is compiled on first use against the mlx that is
 installed (its headers and `libmlx`), with nanobind in mlx's own domain, and cached by everything
 that could change the binary: the sources, the versions of mlx, nanobind and Python, the compiler,
@@ -31,7 +31,7 @@ from pathlib import Path
 ENV_VAR = "MLX_MUSICVIZ_KERNELS"
 CACHE_VAR = "MLX_MUSICVIZ_CACHE"
 MODULE = "_musicviz_kernels"
-SOURCES = ("extension.cpp", "winograd_conv.h", "attention.h")
+SOURCES = ("extension.cpp", "winograd_conv.h", "attention.h", "group_norm.h", "layer_norm.h", "geglu.h", "vector_math.h")
 FLAGS = ("-O3", "-march=native", "-std=c++20", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
          "-DNDEBUG", "-DNB_DOMAIN=mlx")  # mlx.core's nanobind domain: its array type is shared within it
 
@@ -113,6 +113,7 @@ def _load(path: Path):
 def _self_check(module) -> None:
     """The built kernel against mlx's own convolution on a small input, every path it has."""
     import mlx.core as mx
+    import mlx.nn as nn
 
     key = mx.random.key(0)
     x = mx.random.normal((2, 6, 4, 16), key=key)
@@ -132,6 +133,23 @@ def _self_check(module) -> None:
     error = mx.abs(module.attention(q, k, v, 2, 0.125) - expected.transpose(0, 2, 1, 3).reshape(2, 50, 128)).max().item()
     if not error < 1e-4:
         raise RuntimeError(f"the built attention kernel disagrees with mlx's (max error {error:.3g})")
+    x = 2 + 3 * mx.random.normal((2, 70, 32), key=key)
+    groups = x.reshape(2, 70, 4, 8)
+    mean, var = groups.mean(axis=(1, 3), keepdims=True), groups.var(axis=(1, 3), keepdims=True)
+    expected = ((groups - mean) * mx.rsqrt(var + 1e-5)).reshape(x.shape) * bias[:32] + 1
+    expected = expected * mx.sigmoid(expected)
+    error = mx.abs(module.group_norm(x, 4, 1e-5, bias[:32], mx.ones(32), silu=True) - expected).max().item()
+    if not error < 1e-4:
+        raise RuntimeError(f"the built GroupNorm kernel disagrees with mlx's (max error {error:.3g})")
+    h, gate = x[..., :16], x[..., 16:]
+    expected = h * nn.gelu(gate)
+    error = mx.abs(module.geglu(x) - expected).max().item()
+    if not error < 1e-4:
+        raise RuntimeError(f"the built GEGLU kernel disagrees with mlx's (max error {error:.3g})")
+    expected = (x - x.mean(axis=-1, keepdims=True)) * mx.rsqrt(x.var(axis=-1, keepdims=True) + 1e-5) * bias[:32] + 1
+    error = mx.abs(module.layer_norm(x, 1e-5, bias[:32], mx.ones(32)) - expected).max().item()
+    if not error < 1e-4:
+        raise RuntimeError(f"the built LayerNorm kernel disagrees with mlx's (max error {error:.3g})")
 
 
 def _kernels():
@@ -189,14 +207,52 @@ def conv3x3(x, weight, bias=None, residual=None, relu: bool = False, upsample: b
 def attention(q, k, v, heads: int, scale: float):
     """softmax(q_h k_h^T * scale) v_h for each of `heads` heads, over float32 (B, N, heads * d) `q` and
     (B, M, heads * d) `k`, `v` (the projections' layout, head h in columns h * d to (h + 1) * d);
-    returns (B, N, heads * d). No mask. Needs M and d multiples of 64 (`attention_supports`).
+    returns (B, N, heads * d). No mask. Needs d a multiple of 64 (`attention_supports`); any M.
     """
     return _kernels().attention(q, k, v, heads, scale)
 
 
 def attention_supports(keys: int, head_size: int) -> bool:
     """Whether `attention` takes `keys` key tokens and heads of `head_size` channels."""
-    return keys > 0 and keys % 64 == 0 and head_size > 0 and head_size % 64 == 0
+    return keys > 0 and head_size > 0 and head_size % 64 == 0
+
+
+def group_norm(x, groups: int, eps: float, weight=None, bias=None, silu: bool = False):
+    """silu?(GroupNorm(x) * weight + bias) over float32 `x` (N, ..., C): statistics per image and
+    group of C / groups consecutive channels (PyTorch's grouping), over all pixels. `weight`, `bias`:
+    (C,) or None. Needs C a multiple of 16 and of `groups` (`group_norm_supports`). Call only when `available()`.
+    """
+    return _kernels().group_norm(x, groups, eps, weight, bias, silu)
+
+
+def layer_norm(x, eps: float, weight=None, bias=None):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis of float32 `x` (..., C); `weight`,
+    `bias`: (C,) or None. Needs C a multiple of 16 (`layer_norm_supports`). Call only when `available()`.
+    """
+    return _kernels().layer_norm(x, eps, weight, bias)
+
+
+def layer_norm_supports(channels: int) -> bool:
+    """Whether `layer_norm` takes rows of `channels` channels."""
+    return channels > 0 and channels % 16 == 0
+
+
+def geglu(x):
+    """h * gelu(gate) (the exact, erf GELU) for float32 `x` (..., 2 * D) = [h | gate] along its last
+    axis, as GEGLU splits its projection; returns (..., D). Needs D a multiple of 16 (`geglu_supports`).
+    Call only when `available()`.
+    """
+    return _kernels().geglu(x)
+
+
+def geglu_supports(width: int) -> bool:
+    """Whether `geglu` takes a projection of `width` = 2 * D columns."""
+    return width > 0 and width % 32 == 0
+
+
+def group_norm_supports(channels: int, groups: int) -> bool:
+    """Whether `group_norm` takes `channels` channels in `groups` groups."""
+    return channels > 0 and groups > 0 and channels % groups == 0 and channels % 16 == 0
 
 
 def supports(height: int, width: int, channels: int, outputs: int) -> bool:

@@ -6,9 +6,12 @@
 // both cores share the blocks. mlx composes the same from a matmul, a softmax pass (one thread) and
 // a second matmul, each a full pass over the (heads, n, m) scores.
 //
-// exp is 2^n * 2^f as in mlx_musicviz/models/activations.py (same coefficients): a few float32 ulps.
+// exp is vector_math.h's (activations._exp_poly's coefficients): a few float32 ulps.
 #pragma once
 
+#include <limits>
+
+#include "vector_math.h"
 #include "winograd_conv.h"
 
 namespace musicviz {
@@ -22,30 +25,19 @@ struct Attention {
   float scale;
 };
 
-// What attention_fused accepts: key tokens and the head size multiples of 64.
-inline bool attention_supports(int m, int d) { return m > 0 && m % 64 == 0 && d > 0 && d % 64 == 0; }
+// What attention_fused accepts: any number of key tokens, the head size a multiple of 64.
+inline bool attention_supports(int m, int d) { return m > 0 && d > 0 && d % 64 == 0; }
 
 namespace fused_attention {
 
 using winograd::LANES;
 using winograd::OB;
 using winograd::vec;
-typedef int ivec __attribute__((vector_size(64), aligned(4)));
 
 constexpr int QUERY_ROWS = 48;  // query rows per block: the (48 x m) scores stay in L2
 
-// exp(x) for x <= 0 (inputs below ~-87.7 give exactly 0, as in activations._exp_poly).
-inline vec exp_nonpositive(vec x) {
-  const vec t0 = x * 1.4426950408889634f;
-  const vec t = t0 < -127.0f ? vec{} - 127.0f : t0;
-  const vec n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
-  const vec f = t - n, f2 = f * f;
-  const vec p01 = 0.9999999999595485f + 0.6931472067106207f * f, p23 = 0.2402265121359523f + 0.0555032721420935f * f,
-            p45 = 0.0096180256029431f + 0.0013400432165303f * f;
-  const vec p = (p01 + f2 * p23) + (f2 * f2) * (p45 + f2 * 0.0001546973197708f);
-  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
-  return p * reinterpret_cast<const vec&>(bits);
-}
+// key tokens rounded up to whole panels of OB: the padding keys are zeros, their scores -inf (exp: 0)
+inline int padded_keys(int m) { return (m + OB - 1) / OB * OB; }
 
 // rows x m scores -> exp((s - max) * scale) in place; the row sums' reciprocals into inverse.
 inline void softmax_rows(float* s, int rows, int m, float scale, float* inverse) {
@@ -60,7 +52,7 @@ inline void softmax_rows(float* s, int rows, int m, float scale, float* inverse)
     for (int i = 1; i < LANES; ++i) peak = std::max(peak, top[i]);
     vec sum{};
     for (int j = 0; j < m; j += LANES) {
-      const vec e = exp_nonpositive((winograd::load(row + j) - peak) * scale);
+      const vec e = exp_poly((winograd::load(row + j) - peak) * scale);
       winograd::store(row + j, e);
       sum += e;
     }
@@ -71,18 +63,22 @@ inline void softmax_rows(float* s, int rows, int m, float scale, float* inverse)
 }
 
 struct Scratch {
-  std::vector<float> kt;      // one head's k transposed, [panel of 64 keys][d][64]
-  std::vector<float> scores;  // QUERY_ROWS x m
+  std::vector<float> kt;      // one head's k transposed, [panel of 64 keys][d][64], zeros past m
+  std::vector<float> scores;  // QUERY_ROWS x padded_keys(m)
   std::vector<float> inverse; // QUERY_ROWS
   long head = -1;             // which (batch, head) kt holds
 };
 
 inline void pack_keys(const Attention& a, int image, int head, Scratch& s) {
   const int width = a.heads * a.d;
-  for (int p = 0; p < a.m / OB; ++p)
+  for (int p = 0; p < padded_keys(a.m) / OB; ++p)
     for (int j = 0; j < OB; ++j) {
-      const float* key = a.k + (static_cast<size_t>(image) * a.m + p * OB + j) * width + head * a.d;
       float* column = s.kt.data() + static_cast<size_t>(p) * a.d * OB + j;
+      if (p * OB + j >= a.m) {
+        for (int c = 0; c < a.d; ++c) column[static_cast<size_t>(c) * OB] = 0.0f;
+        continue;
+      }
+      const float* key = a.k + (static_cast<size_t>(image) * a.m + p * OB + j) * width + head * a.d;
       for (int c = 0; c < a.d; ++c) column[static_cast<size_t>(c) * OB] = key[c];
     }
 }
@@ -96,13 +92,17 @@ inline void block(const Attention& a, int image, int head, int r0, int rows, Scr
   }
   const size_t origin = (static_cast<size_t>(image) * a.n + r0) * width + static_cast<size_t>(head) * a.d;
   float* scores = s.scores.data();
-  for (int p = 0; p < a.m / OB; ++p)
+  const int mp = padded_keys(a.m);
+  for (int p = 0; p < mp / OB; ++p)
     winograd::gemm(a.q + origin, width, rows, a.d, s.kt.data() + static_cast<size_t>(p) * a.d * OB, OB, scores + p * OB,
-                   a.m, false);
-  softmax_rows(scores, rows, a.m, a.scale, s.inverse.data());
+                   mp, false);
+  for (int r = 0; r < rows; ++r)
+    std::fill(scores + static_cast<size_t>(r) * mp + a.m, scores + static_cast<size_t>(r + 1) * mp,
+              -std::numeric_limits<float>::infinity());
+  softmax_rows(scores, rows, mp, a.scale, s.inverse.data());
   const float* values = a.v + static_cast<size_t>(image) * a.m * width + static_cast<size_t>(head) * a.d;
-  for (int p = 0; p < a.d / OB; ++p)
-    winograd::gemm(scores, a.m, rows, a.m, values + p * OB, width, a.y + origin + p * OB, width, false);
+  for (int p = 0; p < a.d / OB; ++p)  // over the real keys only: v has m rows
+    winograd::gemm(scores, mp, rows, a.m, values + p * OB, width, a.y + origin + p * OB, width, false);
   for (int r = 0; r < rows; ++r) {
     float* out = a.y + origin + static_cast<size_t>(r) * width;
     const float inv = s.inverse[r];
@@ -120,8 +120,8 @@ inline void attention_fused(const Attention& a, int threads) {
   const long items = static_cast<long>(a.b) * a.heads * blocks;
   winograd::in_parallel(threads, [&](int id) {
     Scratch s;
-    s.kt.resize(static_cast<size_t>(a.m) * a.d);
-    s.scores.resize(static_cast<size_t>(QUERY_ROWS) * a.m);
+    s.kt.resize(static_cast<size_t>(padded_keys(a.m)) * a.d);
+    s.scores.resize(static_cast<size_t>(QUERY_ROWS) * padded_keys(a.m));
     s.inverse.resize(QUERY_ROWS);
     for (long item = items * id / threads; item < items * (id + 1) / threads; ++item) {
       const long pair = item / blocks;

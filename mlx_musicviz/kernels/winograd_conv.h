@@ -217,6 +217,15 @@ void in_parallel(int threads, F&& work) {
   for (auto& t : pool) t.join();
 }
 
+// f(r) for each row r in [0, rows), in contiguous ranges over up to `threads` threads (16 rows at least each).
+template <class F>
+void over_rows(long rows, int threads, F&& f) {
+  const int used = static_cast<int>(std::max(1L, std::min<long>(threads, rows / 16)));
+  in_parallel(used, [&](int id) {
+    for (long r = rows * id / used; r < rows * (id + 1) / used; ++r) f(r);
+  });
+}
+
 }  // namespace winograd
 
 // k's shape must pass winograd_supports. `u` holds 16 * c * o floats of working space.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import gelu, silu
+from .activations import geglu, silu
 from .configs import UNetConfig
 from .layers import (Attention, Conv2d, Downsample2D, LayerNorm, ResnetBlock2D, Upsample2D, group_norm,
                      timestep_embedding)
@@ -35,8 +35,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h, gate = mx.split(self.proj(x), 2, axis=-1)
-        return h * gelu(gate)
+        return geglu(self.proj(x))
 
 
 class BasicTransformerBlock(nn.Module):
