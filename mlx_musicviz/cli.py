@@ -5,7 +5,9 @@ Every command turns a MusicvizError (or an unreadable file) into one line on std
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
 
 import click
@@ -22,16 +24,49 @@ def _with_notes(error: BaseException, text: str | None = None) -> str:
     return "; ".join([text if text is not None else str(error), *getattr(error, "__notes__", [])])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the signal lands so that it unwinds like Ctrl-C: a render keeps
+    its finished segments and says where."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """SIGTERM and SIGHUP (a closed terminal, `kill`, a service manager) end the command as Ctrl-C does."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # Windows has no SIGHUP
+    try:
+        previous = {name: signal.signal(getattr(signal, name), _raise_terminated) for name in names}
+    except ValueError:  # not the main thread (a command called from a test's thread): leave them be
+        yield
+        return
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def friendly_errors(fn):
     """Run a command; turn expected failures into `error: ...` and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _stop_signals_interrupt():
+                return fn(*args, **kwargs)
         except MusicvizError as e:
             click.echo(f"error: {_with_notes(e)}", err=True)
             sys.exit(1)
+        except Terminated as e:
+            click.echo(_with_notes(e, f"stopped by {signal.Signals(e.signum).name}"), err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt as e:
             click.echo(_with_notes(e, "interrupted"), err=True)
             sys.exit(130)

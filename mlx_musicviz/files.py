@@ -15,12 +15,29 @@ from pathlib import Path
 from .errors import MusicvizError
 
 
+# The longest name written beside an output NAME is a render's lock, ".NAME.parts.lock": 12 bytes more.
+BESIDE_NAME_EXTRA = 12
+
+
 def check_output_path(output: str | os.PathLike) -> Path:
     """The output path, after checking it can be written (without creating anything)."""
     path = Path(output).expanduser()
+    try:
+        return _check_output_path(path)
+    except OSError as e:  # e.g. a folder name in the path longer than the file system allows
+        raise MusicvizError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _check_output_path(path: Path) -> Path:
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir():
+        longest = _name_max(parent) - BESIDE_NAME_EXTRA
+        if len(os.fsencode(path.name)) > longest:
+            raise MusicvizError(f"the output's name is {len(os.fsencode(path.name))} bytes long: at most {longest} "
+                                f"here (the file system allows {longest + BESIDE_NAME_EXTRA}, and the working files "
+                                "beside it need the rest)")
     if path.is_dir():
         raise MusicvizError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
-    parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise MusicvizError(f"output folder does not exist: {parent}")
     probe = None
@@ -36,6 +53,14 @@ def check_output_path(output: str | os.PathLike) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MusicvizError(f"output folder is not writable: {parent}")
     return path
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system holding `folder` allows."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer
+        return 255
 
 
 def temporary_beside(path: Path, suffix: str) -> str:

@@ -127,12 +127,15 @@ def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n
     keyframes is held at a time. first_frame: start there (a resumed render), from the keyframe at
     or before it.
     """
+    if first_frame >= n_frames:  # every frame is kept: nothing to make
+        return
     keys = keyframe_indices(n_frames, cadence)
     prev_key = prev_x0 = None
+    # From the keyframe at or before first_frame: frames before first_frame are blended from it, never yielded.
     for i in range(np.searchsorted(keys, first_frame, side="right") - 1, len(keys), batch_size):
         batch = keys[i:i + batch_size]
         x0 = pipe.denoise(noise_walk.latents(batch), prompt_walk.embeddings(batch))
-        if cadence == 1:
+        if cadence == 1:  # every frame is a keyframe, so the first batch starts at first_frame itself
             yield batch, x0
             continue
         known = batch if prev_key is None else np.concatenate([[prev_key], batch])
@@ -229,7 +232,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     model_time = encode_time = 0.0
     mx.reset_peak_memory()
     with SegmentedVideo(output, width, height, fps, crf, fingerprint, resume, round(fps * SEGMENT_VIDEO_SECONDS),
-                        SEGMENT_WORK_SECONDS) as video:
+                        SEGMENT_WORK_SECONDS, total_frames=n) as video:
         if video.discarded:
             warnings.append(f"{video.discarded} frames kept from an earlier render of {output.name} with other "
                             "settings were thrown away")

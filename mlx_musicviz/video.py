@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -61,7 +62,11 @@ class VideoWriter:
 
         self.target = check_output_path(output)
         self.tmp = Path(temporary_beside(self.target, ".partial.mp4"))
-        self.container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            self.container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         rate = frame_rate(fps)
         self.video = self.container.add_stream("libx264", rate=rate)
         self.video.width, self.video.height = width, height
@@ -145,11 +150,17 @@ class SegmentedVideo:
     `segment_seconds` of wall time, whichever comes first, so an interruption loses at most that much
     work. `fingerprint` (JSON-able) names everything the frames depend on: segments kept by a run with
     another fingerprint are thrown away, as they are with `resume=False`. `frames_done` frames are
-    already kept: write from that frame on.
+    already kept: write from that frame on. With `total_frames` given, the video holds exactly that
+    many: kept segments reaching past it are thrown away, a frame past it is refused, and `finish`
+    joins nothing short of it.
+
+    Every I/O failure (a full disk, a name too long, no permission) is a MusicvizError with one line;
+    the finished segments stay as they were, for the same render run again to continue from.
     """
 
     def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int,
-                 fingerprint: dict, resume: bool = True, segment_frames: int = 300, segment_seconds: float = 60.0):
+                 fingerprint: dict, resume: bool = True, segment_frames: int = 300, segment_seconds: float = 60.0,
+                 total_frames: int | None = None):
         self.target = check_video_path(output)
         self.folder = parts_folder(self.target)
         self._lock_path = self.folder.with_name(self.folder.name + ".lock")
@@ -163,6 +174,7 @@ class SegmentedVideo:
             self._lock.close()
             raise MusicvizError(f"another render is writing {self.target} now") from None
         try:
+            self.total_frames = total_frames
             self._start(width, height, fps, crf, fingerprint, resume, segment_frames, segment_seconds)
         except BaseException:
             self._unlock()
@@ -188,13 +200,14 @@ class SegmentedVideo:
             except OSError as e:
                 raise MusicvizError(f"cannot write the render's segments beside {self.target}: {e.strerror or e}") from None
         self.paths, self.frames_done = [], 0
-        for first, count, path in segments:  # contiguous from frame 0; anything after a gap is redone
-            if first != self.frames_done:
+        for first, count, path in segments:  # contiguous from frame 0; anything after a gap (or the end) is redone
+            if first != self.frames_done or (self.total_frames is not None and first + count > self.total_frames):
                 break
             self.paths.append(path)
             self.frames_done += count
         for _, _, path in segments[len(self.paths):]:
-            path.unlink()
+            with _io_errors(f"cannot remove {path}"):
+                path.unlink()
         self.resumed = self.frames_done
         self._writer = None
         self._opened = 0.0
@@ -213,30 +226,55 @@ class SegmentedVideo:
                 found.append((int(m[1]), int(m[2]), path))
         return sorted(found)
 
+    @property
+    def frames_written(self) -> int:
+        """Frames in the video so far: those kept in finished segments and those in the open one."""
+        return self.frames_done + (self._writer.frames if self._writer is not None else 0)
+
     def write(self, images: np.ndarray) -> None:
-        for image in images:
-            if self._writer is None:  # named once closed, when its frame count is known
-                self._writer = VideoWriter(self.folder / "open.mp4", *self.size, self.fps, crf=self.crf)
-                self._opened = time.perf_counter()
-            self._writer.write(image[None])
-            if (self._writer.frames >= self.segment_frames
-                    or time.perf_counter() - self._opened >= self.segment_seconds):
-                self._close_segment()
+        if self.total_frames is not None and self.frames_written + len(images) > self.total_frames:
+            raise RuntimeError(f"frames {self.frames_written}..{self.frames_written + len(images) - 1} written to a "
+                               f"video of {self.total_frames}")  # a bug, never the user's input
+        with _io_errors(f"cannot write the render's segments in {self.folder}", self._drop_open_segment):
+            for image in images:
+                if self._writer is None:  # named once closed, when its frame count is known
+                    self._writer = VideoWriter(self.folder / "open.mp4", *self.size, self.fps, crf=self.crf)
+                    self._opened = time.perf_counter()
+                self._writer.write(image[None])
+                if (self._writer.frames >= self.segment_frames
+                        or time.perf_counter() - self._opened >= self.segment_seconds):
+                    self._close_segment()
 
     def _close_segment(self) -> None:
-        writer, self._writer = self._writer, None
+        writer = self._writer
         path = self.folder / f"{self.frames_done:08d}+{writer.frames:06d}.mp4"
         os.replace(writer.close(), path)
+        self._writer = None
         self.paths.append(path)
         self.frames_done += writer.frames
+
+    def _drop_open_segment(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
 
     def finish(self, samples: np.ndarray, rate: int) -> Path:
         """Close the last segment; write the segments and the soundtrack into the target (atomically)
         and remove the segments' folder. Returns the target."""
+        if self._writer is not None:
+            with _io_errors(f"cannot write the render's segments in {self.folder}", self._drop_open_segment):
+                self._close_segment()
+        if self.total_frames is not None and self.frames_done != self.total_frames:
+            raise RuntimeError(f"{self.frames_done} frames to join into a video of {self.total_frames}")  # a bug
+        with _io_errors(f"cannot write {self.target}"):
+            self._join(samples, rate)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._unlock()
+        return self.target
+
+    def _join(self, samples: np.ndarray, rate: int) -> None:
         import av
 
-        if self._writer is not None:
-            self._close_segment()
         with atomic_output(self.target) as tmp:
             with av.open(tmp, mode="w", format=CONTAINERS[self.target.suffix.lower()],
                          options={"movflags": "+faststart"}) as out:
@@ -267,9 +305,6 @@ class SegmentedVideo:
                             raise MusicvizError(f"segment {path.name} holds {frames} frames; "
                                                 "render again without resuming (--restart)")
                         offset += frames
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self._unlock()
-        return self.target
 
     def _unlock(self) -> None:
         if not self._lock.closed:
@@ -278,9 +313,7 @@ class SegmentedVideo:
 
     def abort(self) -> None:
         """Drop the open segment; keep the finished ones (the folder goes when there are none)."""
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
+        self._drop_open_segment()
         if not self.paths:
             shutil.rmtree(self.folder, ignore_errors=True)
         self._unlock()
@@ -294,7 +327,20 @@ class SegmentedVideo:
             if self.paths:
                 exc.add_note(f"{self.frames_done} frames are kept in {self.folder}: run the same render again "
                              "to continue from there")
+        self._unlock()  # also where the block ended without finishing
         return False
+
+
+@contextmanager
+def _io_errors(what: str, cleanup=None):
+    """Turn an OSError (a full disk, a name too long, no permission; PyAV's included) into one line,
+    "<what>: <reason>", after `cleanup`."""
+    try:
+        yield
+    except OSError as e:
+        if cleanup is not None:
+            cleanup()
+        raise MusicvizError(f"{what}: {e.strerror or e}") from None
 
 
 def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.ndarray, int]:
