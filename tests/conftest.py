@@ -29,6 +29,16 @@ def cpu_device():
 
 
 @pytest.fixture
+def kernels_used(monkeypatch):
+    """The models take the C++ kernels wherever they are built, also on a CPU where mlx's own paths are
+    faster and would be chosen (`kernels.slower_here`): for tests of the kernels and of the paths that
+    take them."""
+    from mlx_musicviz import kernels
+
+    monkeypatch.setattr(kernels, "available", kernels.built)
+
+
+@pytest.fixture
 def without_kernels(monkeypatch):
     """Models and layers as they run where the C++ kernels (mlx_musicviz.kernels) are not built: the
     pure-mlx paths."""

@@ -16,14 +16,14 @@ import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
 from mlx_musicviz import kernels
 from mlx_musicviz.models import layers
 
-pytestmark = pytest.mark.usefixtures("cpu_device")
+pytestmark = pytest.mark.usefixtures("cpu_device", "kernels_used")
 
 
 def test_the_kernels_are_built_on_linux():
     if not sys.platform.startswith("linux"):
         pytest.skip("the C++ kernels are built on Linux only")
     # CI installs the compiler and nanobind: a fallback here would hide a broken build behind slower paths
-    assert kernels.available(), kernels.unavailable_reason()
+    assert kernels.built(), kernels.unavailable_reason()
 
 
 def _relative(got, want) -> float:
@@ -337,3 +337,27 @@ def test_the_switch_turns_them_off(tmp_path):
     assert out.startswith("False |") and out.endswith("| rows")
     if sys.platform.startswith("linux"):
         assert "MLX_MUSICVIZ_KERNELS=0" in out
+
+
+def test_the_models_take_the_kernels_only_where_they_are_faster(monkeypatch):
+    """Without AVX-512 (the kernels' 16-float register blocks spill on AVX2) the models keep mlx's own
+    paths unless MLX_MUSICVIZ_KERNELS=1 asks for the kernels; with it, they take them."""
+    here = kernels.slower_here()
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernels, "_cpu_features", lambda: "flags\t\t: fpu sse2 avx avx2 fma")
+    assert "no AVX-512" in kernels.slower_here()
+    monkeypatch.setattr(kernels, "_cpu_features", lambda: "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw")
+    assert kernels.slower_here() is None
+    if not sys.platform.startswith("linux"):
+        return
+    code = ("import mlx_musicviz, mlx.core as mx\n"
+            "from mlx_musicviz import kernels\n"
+            "from mlx_musicviz.models import layers\n"
+            "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
+            " layers.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
+    for switch in ("", "1"):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "MLX_MUSICVIZ_KERNELS": switch})
+        assert done.returncode == 0, done.stderr
+        expected = f"False | {here} | rows" if switch == "" and here else "True | None | fused_winograd"
+        assert done.stdout.strip() == expected

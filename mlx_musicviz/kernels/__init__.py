@@ -7,8 +7,11 @@ installed (its headers and `libmlx`), with nanobind in mlx's own domain, and cac
 that could change the binary: the sources, the versions of mlx, nanobind and Python, the compiler,
 and this CPU's features (it is built with -march=native). A build takes ~10-20 s, once per machine.
 
-Linux only (on macOS mlx runs the models on the GPU). Set `MLX_MUSICVIZ_KERNELS=0` to use mlx's own
-paths instead; `MLX_MUSICVIZ_CACHE` moves the cache (default `$XDG_CACHE_HOME/mlx-musicviz`, or
+Linux only (on macOS mlx runs the models on the GPU), and used only where the CPU has AVX-512: the
+kernels hold blocks of 16 floats in registers, which AVX-512's 32 registers keep and AVX2's 16 spill,
+so that on an AVX2 CPU mlx's own paths are the faster ones (the tiny VAE's decode took about five
+times as long through the kernels on one). Set `MLX_MUSICVIZ_KERNELS=0` to use mlx's own paths
+anyway, `=1` to use the kernels on any CPU that builds them; `MLX_MUSICVIZ_CACHE` moves the cache (default `$XDG_CACHE_HOME/mlx-musicviz`, or
 `~/.cache/mlx-musicviz`). If the kernels cannot be built or fail their self-check (no C++ compiler,
 no nanobind, an mlx built with another nanobind ABI), `available()` is False, `unavailable_reason()`
 says why, and the models use their pure-mlx paths: slower, same results within float32 rounding.
@@ -42,6 +45,17 @@ _reason: str | None = None
 
 def _disabled() -> bool:
     return os.environ.get(ENV_VAR, "").strip().lower() in ("0", "off", "false", "no")
+
+
+def _forced() -> bool:
+    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "on", "true", "yes")
+
+
+def slower_here() -> str | None:
+    """Why mlx's own paths are faster than the kernels on this CPU (None where the kernels are faster)."""
+    if platform.machine().lower() in ("x86_64", "amd64") and "avx512f" not in _cpu_features().split():
+        return "this CPU has no AVX-512: mlx's own paths are faster here (MLX_MUSICVIZ_KERNELS=1 uses the kernels)"
+    return None
 
 
 def cache_dir() -> Path:
@@ -183,13 +197,21 @@ def _kernels():
         return _module
 
 
-def available() -> bool:
-    """Whether the C++ kernels are built and loaded (building them on the first call)."""
+def built() -> bool:
+    """Whether the C++ kernels are built, checked and loaded (building them on the first call)."""
     return _kernels() is not None
+
+
+def available() -> bool:
+    """Whether the models use the C++ kernels: built (see `built`) and faster than mlx's own paths on
+    this CPU (`slower_here`), or asked for with MLX_MUSICVIZ_KERNELS=1."""
+    return built() and (_forced() or slower_here() is None)
 
 
 def unavailable_reason() -> str | None:
     """Why `available()` is False (None while it is True or not yet asked)."""
+    if _reason is None and _module is not None and not _forced():
+        return slower_here()
     return _reason
 
 
