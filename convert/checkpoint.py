@@ -13,6 +13,7 @@ Layout written to DST:
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -180,8 +181,15 @@ def convert_checkpoint(
     bits, group_size: quantize the components named in `quantize` (4 or 8 bits; 32, 64 or 128).
     mixed: True keeps the sensitive layers (MIXED_PRESET) at 8 bits; or a dict of module-path
     patterns -> bits (None: float).
+    `src` may also be `random:NAME`: the random weights `load_pipeline("random:NAME")` builds.
     Nothing is left at `dst` if conversion fails.
     """
+    if str(src).startswith("random:"):
+        if revision is not None:
+            raise MusicvizError(f"{src} has no revisions: its weights are built here, not downloaded")
+        with tempfile.TemporaryDirectory(prefix="musicviz-random-") as folder:
+            source = write_random_checkpoint(str(src)[len("random:"):], Path(folder))
+            return convert_checkpoint(source, dst, dtype, None, components, bits, group_size, quantize, mixed)
     if dtype != "auto" and dtype not in DTYPES:
         raise MusicvizError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
     unknown = sorted(set(quantize) - set(COMPONENTS))
@@ -206,7 +214,7 @@ def convert_checkpoint(
     wanted = [c for c in COMPONENTS if (folder / c).is_dir() and (components is None or c in components)]
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    tmp = _folder_beside(dst)
     try:
         dtypes, plans = {}, {}
         for name in wanted:
@@ -245,6 +253,44 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def _folder_beside(path: Path) -> Path:
+    """Create an empty folder with a fresh hidden name beside `path` and return it.
+
+    Created with mode 0777 less the umask, as a plain mkdir would (mkdtemp makes 0700, which the
+    finished checkpoint would keep: unreadable to other users); see files.temporary_beside."""
+    for _ in range(100):
+        folder = path.parent / f".{path.name}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def write_random_checkpoint(name: str, folder: Path) -> Path:
+    """Write the model `random:NAME` (the weights `load_pipeline("random:NAME")` builds, its large VAE
+    included where it has one) into `folder` as a float32 MLX checkpoint; return `folder`."""
+    from mlx.utils import tree_flatten
+
+    from ..pipeline import Pipeline
+    from ..random_models import random_configs
+
+    configs, _ = random_configs(name)
+    pipe = Pipeline.random(name)
+    parts = [part for part in COMPONENTS if part in configs]
+    for part in parts:
+        metadata = {"format": FORMAT_NAME, "component": part, "dtype": "float32", "library_version": __version__}
+        write_json(folder / part / "config.json", configs[part])
+        save_safetensors(folder / part / WEIGHTS_NAME, dict(tree_flatten(getattr(pipe, part).parameters())), metadata)
+    pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    write_json(folder / "scheduler" / "scheduler_config.json", configs["scheduler"])
+    write_json(folder / RECORD_NAME, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "library_version": __version__,
+                                      "source": f"random:{name}", "revision": None,
+                                      "components": {part: "float32" for part in parts}})
+    return folder
 
 
 # -- TAESD files --------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
     from .convert import convert_checkpoint
 
     if dst is None:
-        dst = Path("weights") / Path(src.rstrip("/")).name
+        dst = Path("weights") / Path(src.rstrip("/")).name.replace(":", "-")  # random:tiny -> random-tiny
     quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
     out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
                              group_size=int(group_size), quantize=quantize, mixed=mixed)
@@ -156,7 +156,7 @@ def _image_options(fn):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
-        click.option("--note-prompts", type=click.Path(dir_okay=False), default=None,
+        click.option("--note-prompts", type=click.Path(), default=None,  # a folder: read_note_prompts says so
                      help="Text file of the 12 note prompts, C to B, one per line (template: `musicviz-mlx note-prompts`)."),
     ])
 
@@ -182,8 +182,12 @@ def _render_options(fn):
 
 
 def _warn_random(model) -> None:
+    """The random-weights warning, for commands with no result's warnings to print (a render has it
+    in its result's warnings, printed once it is finished)."""
+    from .rendering import RANDOM_WEIGHTS_WARNING
+
     if str(model).startswith("random:"):
-        click.echo("warning: random weights: the images mean nothing (for trying the pipeline only)", err=True)
+        click.echo(f"warning: {RANDOM_WEIGHTS_WARNING}", err=True)
 
 
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
@@ -194,7 +198,6 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
-    _warn_random(model)
     bar = {}
 
     def progress(done, total):
@@ -293,9 +296,9 @@ def preview(prompt, output, notes, note_prompts, model, **kw):
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
-    _warn_random(model)
     t = time.perf_counter()
     path = run(prompt, output, notes=notes, note_prompts=note_prompts, model=model, **kw)
+    _warn_random(model)
     count = 13 if notes or note_prompts is not None else 1
     click.echo(f"wrote {path}: {count} image{'s' if count > 1 else ''} in {time.perf_counter() - t:.1f} s")
 

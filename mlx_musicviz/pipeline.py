@@ -142,6 +142,12 @@ class Pipeline:
         return self._vae_large
 
     @property
+    def is_random(self) -> bool:
+        """Whether the weights are random (`random:NAME`, or a checkpoint converted from one): the
+        images mean nothing."""
+        return str(self.record.get("source", "")).startswith("random:")
+
+    @property
     def quantization(self) -> dict:
         """Per component: bits and group size of its quantized layers (empty: all float)."""
         return {k: {"bits": v["bits"], "group_size": v["group_size"]}

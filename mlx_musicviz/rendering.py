@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 import operator
 import os
 import resource
@@ -20,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .audio import analyze
+from .audio import MAX_FPS, MIN_FPS, analyze, is_sample_pair, load_audio
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
@@ -31,6 +32,7 @@ DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_s
 # or every minute of work, whichever comes first.
 SEGMENT_VIDEO_SECONDS = 10.0
 SEGMENT_WORK_SECONDS = 60.0
+RANDOM_WEIGHTS_WARNING = "random weights: the images mean nothing (for trying the pipeline only)"
 
 
 @dataclass
@@ -76,8 +78,37 @@ def frame_size(size) -> tuple[int, int]:
 
 def check_prompt(prompt) -> None:
     """Raise MusicvizError unless `prompt` is a string with something in it."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise MusicvizError(f"the prompt must be text (a str), not {type(prompt).__name__}")
+    if not prompt.strip():
         raise MusicvizError("the prompt is empty; describe what the video should show")
+
+
+def check_audio(audio) -> None:
+    """Raise MusicvizError unless `audio` is a file's path or a (samples, sample_rate) pair."""
+    if isinstance(audio, (str, os.PathLike)) or is_sample_pair(audio):
+        return
+    given = f"an array of shape {audio.shape}" if isinstance(audio, np.ndarray) else type(audio).__name__
+    raise MusicvizError(f"audio must be a file's path or a (samples, sample_rate) pair, not {given}")
+
+
+def check_fps(fps) -> None:
+    """Raise MusicvizError unless `fps` is a number of frames per second from MIN_FPS to MAX_FPS."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise MusicvizError(f"fps must be a number (frames per second), not {type(fps).__name__} {fps!r}")
+    if not MIN_FPS <= fps <= MAX_FPS:  # nan fails both comparisons
+        raise MusicvizError(f"fps must be from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
+
+
+def check_start(audio, start: float | None) -> None:
+    """Raise MusicvizError if `start` (seconds) is at or past the end of the song `audio`, naming the
+    song's length. Decodes the song: for explaining an empty window, after the analysis found one."""
+    if start is None:
+        return
+    y, rate = load_audio(audio)
+    if start >= len(y) / rate:
+        raise MusicvizError(f"audio is too short: start {start:g} s is past the end of the song, which is "
+                            f"{len(y) / rate:.3f} s long")
 
 
 def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:
@@ -193,6 +224,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     """
     t0 = time.perf_counter()
     times = {}
+    check_audio(audio)
+    check_fps(fps)
     width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
     if not 0 <= crf <= MAX_CRF:
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
@@ -203,7 +236,11 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         output = f"{stem}.mp4"
     output = check_video_path(output)
 
-    features = analyze(audio, fps=fps, start=start, duration=duration)
+    try:
+        features = analyze(audio, fps=fps, start=start, duration=duration)
+    except MusicvizError:
+        check_start(audio, start)  # an empty window: say that the start is past the song's end
+        raise
     times["analysis"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -211,13 +248,14 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    warnings = []
+    warnings = [RANDOM_WEIGHTS_WARNING] if pipe.is_random else []
     bases = list(section_prompts) if section_prompts else [prompt]
     notes = list(note_prompts) if note_prompts else default_note_prompts(prompt)
     limit = pipe.tokenizer.model_max_length - 2
-    for p in bases + notes:
-        if pipe.tokenizer.count_tokens(p) > limit:
-            warnings.append(f"prompt longer than {limit} tokens is truncated: {p[:40]!r}...")
+    cut = [p for p in bases + notes if pipe.tokenizer.count_tokens(p) > limit]
+    if cut:
+        warnings.append(f"{len(cut)} of the {len(bases + notes)} prompts are longer than {limit} tokens and "
+                        f"truncated: {cut[0][:40]!r}...")
     embeds = pipe.encode_prompt(bases + notes)
     mx.eval(embeds)
     noise_walk, prompt_walk = make_walkers(features, pipe, embeds, len(bases), size, seed, noise, mode)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -91,10 +92,15 @@ def mel_basis(p: MelParams) -> np.ndarray:
 
 
 def mel_magnitude(y: np.ndarray, p: MelParams) -> np.ndarray:
-    """(n_mels, frames) mel magnitudes (power 1) of mono samples `y` at p.sample_rate."""
+    """(n_mels, frames) mel magnitudes (power 1) of mono samples `y` at p.sample_rate.
+
+    A file shorter than n_fft is padded with silence by the STFT; librosa's warning that says so
+    would land in the middle of the `mels` progress line, so it is silenced (as audio.analyze does)."""
     import librosa
 
-    stft = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+        stft = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length))
     return mel_basis(p) @ stft
 
 

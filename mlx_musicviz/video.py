@@ -111,7 +111,12 @@ class VideoWriter:
 
 def mux_audio(container, samples: np.ndarray, rate: int):
     """Encode `samples` ((channels, n) float32 in [-1, 1] at `rate` Hz) into a new stereo AAC stream
-    of `container`, resampled to AUDIO_RATE; return the stream."""
+    of `container`, resampled to AUDIO_RATE; return the stream.
+
+    Every frame is stamped with its time (in samples from the first), so the encoder's first packet
+    is at -1024, its priming samples, and the muxer declares them in the edit list: players skip
+    them and the first sample plays with the first video frame (unstamped, they played 1024 samples,
+    23.2 ms, late)."""
     import av
 
     samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
@@ -121,17 +126,35 @@ def mux_audio(container, samples: np.ndarray, rate: int):
     stream = container.add_stream("aac", rate=AUDIO_RATE)
     stream.layout = "stereo"
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+    written = 0  # samples at AUDIO_RATE handed to the encoder so far
+
+    def encode(frames) -> None:
+        nonlocal written
+        for out in frames:
+            out.pts, out.time_base = written, Fraction(1, AUDIO_RATE)
+            written += out.samples
+            container.mux(stream.encode(out))
+
     block = 1 << 14
     for i in range(0, samples.shape[1], block):
         chunk = np.ascontiguousarray(samples[:, i:i + block])
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate = rate
-        for out in resampler.resample(frame):
-            container.mux(stream.encode(out))
-    for out in resampler.resample(None):
-        container.mux(stream.encode(out))
+        encode(resampler.resample(frame))
+    encode(resampler.resample(None))
     container.mux(stream.encode(None))
     return stream
+
+
+def fit_to_video(samples: np.ndarray, rate: int, frames: int, fps: float) -> np.ndarray:
+    """`samples` ((channels, n) at `rate` Hz) cut, or padded with silence, to the length of `frames`
+    video frames at `fps`, so that the soundtrack ends with the video: the frame count is the
+    window's length rounded to whole frames, up to half a frame (at 1 fps, half a second) off."""
+    samples = np.atleast_2d(samples)
+    n = round(frames * rate / frame_rate(fps))
+    if samples.shape[1] >= n:
+        return samples[:, :n]
+    return np.pad(samples, ((0, 0), (0, n - samples.shape[1])))
 
 
 def parts_folder(target: Path) -> Path:
@@ -281,7 +304,7 @@ class SegmentedVideo:
                 with av.open(str(self.paths[0])) as first:  # every stream is added before the first packet
                     template = first.streams.video[0]
                     video, extradata = out.add_stream_from_template(template), template.codec_context.extradata
-                mux_audio(out, samples, rate)
+                mux_audio(out, fit_to_video(samples, rate, self.frames_done, self.fps), rate)
                 offset, frame = 0, 1 / frame_rate(self.fps)
                 for path in self.paths:
                     with av.open(str(path)) as segment:
