@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import NOTE_NAMES, AudioFeatures
+from .audio import NOTE_NAMES, AudioFeatures, beat_summary
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 from .walkers import NoiseWalkConfig, PromptWalkConfig, angle_schedule, note_weights
@@ -31,7 +31,8 @@ def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str 
 
     Lanes, top to bottom: loudness, percussive onset strength with beats (red) and onsets (grey),
     bass / mid / treble energy, chroma (C at the bottom), the prompt walk's note weights, and the
-    noise walk's angular speed (radians per second). Section starts are vertical blue lines.
+    noise walk's angular speed (radians per second). Section starts are vertical blue lines. The
+    title says "no steady beat" for music without one (the noise walk then flows with the loudness).
     Written atomically.
     """
     from PIL import Image, ImageDraw
@@ -55,8 +56,8 @@ def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str 
     def x_of(frame):
         return LEFT + plot_w * np.asarray(frame, dtype=float) / n
 
-    d.text((10, 10), title or f"{features.duration:.1f} s, {features.fps:g} fps, tempo {features.tempo:.1f} BPM, "
-           f"{len(features.beat_times)} beats, {len(features.onset_times)} onsets", fill="black")
+    d.text((10, 10), title or f"{features.duration:.1f} s, {features.fps:g} fps, {beat_summary(features)}, "
+           f"{len(features.onset_times)} onsets", fill="black")
     y = 40
     for name, kind, data in lanes:
         h = heat_rows if kind == "heat" else LANE

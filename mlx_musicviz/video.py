@@ -367,13 +367,15 @@ def _io_errors(what: str, cleanup=None):
 
 
 def soundtrack(audio, start: float | None, duration: float | None) -> tuple[np.ndarray, int]:
-    """(channels, n) float32 samples at the file's own rate (or the given pair's), for the window."""
+    """(channels, n) float32 samples in [-1, 1] of the window `start` / `duration` (seconds; None: from
+    0 / to the end): of a file at AUDIO_RATE, decoding only the window (sample-exact, see
+    `audio.decode_blocks`), so a few seconds of a long song take a few seconds' memory; of a
+    (samples, rate) pair at its rate."""
     from .audio import check_window, decode_file, is_sample_pair, sample_pair, window_samples
 
     check_window(start, duration)
     if is_sample_pair(audio):
         y, rate = sample_pair(audio)
-    else:
-        y = decode_file(Path(audio), AUDIO_RATE, mono=False)
-        rate = AUDIO_RATE
-    return np.clip(y[:, window_samples(start, duration, rate, y.shape[1])], -1, 1), rate
+        return np.clip(y[:, window_samples(start, duration, rate, y.shape[1])], -1, 1), rate
+    y = decode_file(Path(audio), AUDIO_RATE, mono=False, start=start, duration=duration)
+    return np.clip(y, -1, 1, out=y), AUDIO_RATE

@@ -87,7 +87,7 @@ class NoiseWalkConfig:
     drift: float = 0.05  # radians per second: slow motion even in silence
     regional: bool = True  # bass drives the bottom of the image, treble the top
     regional_strength: float = 0.35  # radians at full band energy
-    fallback_step: float = 2.0  # seconds between steps when no beat (and no onset) is found
+    fallback_step: float = 2.0  # seconds a step takes at full loudness when there is no steady beat
 
     def __post_init__(self):
         self.check()  # at once, before the audio analysis: the CLI's options arrive here
@@ -101,17 +101,15 @@ class NoiseWalkConfig:
 
 
 def angle_schedule(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarray:
-    """θ_k (radians) per video frame: eased steps on the beat grid, powered by percussion."""
+    """θ_k (radians) per video frame: eased steps on the beat grid, powered by percussion; for music
+    without a steady beat (features.steady_beat False) a flow that follows loudness and onsets
+    (`flowing_angles`)."""
     config.check()
+    if not features.steady_beat or len(features.beat_times) < 2:
+        return flowing_angles(features, config)
     n = features.n_frames
     times = features.times
-    marks = np.asarray(features.beat_times, dtype=np.float64)
-    if len(marks) >= 2:
-        marks = marks[:: GRID_BEATS[config.grid]]
-    elif len(features.onset_times) >= 2:  # no beat: follow the onsets
-        marks = np.asarray(features.onset_times, dtype=np.float64)
-    else:  # no beat and no onset: a steady pulse, powered by loudness
-        marks = np.arange(0.0, features.duration, config.fallback_step)
+    marks = np.asarray(features.beat_times, dtype=np.float64)[:: GRID_BEATS[config.grid]]
     kept = []
     for t in marks:  # merging beats that are too close keeps fast music calm
         if not kept or t - kept[-1] >= config.min_interval:
@@ -130,6 +128,42 @@ def angle_schedule(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarr
         start_angle += step
     theta[times < marks[0]] = 0.0
     return theta + config.drift * times
+
+
+FLOW_SMOOTHING = 0.25  # seconds: Gaussian smoothing of the loudness the flowing walk's speed follows
+ACCENT_SECONDS = 0.3  # seconds: an onset's surge of the flowing walk, eased in and out
+
+
+def flowing_angles(features: AudioFeatures, config: NoiseWalkConfig) -> np.ndarray:
+    """θ_k (radians) per video frame for music without a steady beat: no clock, a flow whose angular
+    speed follows the loudness (smoothed over FLOW_SMOOTHING seconds), at full loudness a step
+    (config.distance of a turn) every config.fallback_step seconds, and each onset a surge, in
+    proportion to its salience (`audio.onset_salience`: noise's onsets barely count) and the
+    loudness, eased over ACCENT_SECONDS. Speeds are capped as the beat walk's are: the flow at a third
+    of max_speed (the beat walk's mean speed at its cap), a full surge's peak and the whole at
+    max_speed, drift included.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    n, fps = features.n_frames, features.fps
+    loud = np.asarray(features.loudness, dtype=np.float64)
+    if n > 1:
+        loud = gaussian_filter1d(loud, FLOW_SMOOTHING * fps, mode="nearest")
+    cap = max(config.max_speed - config.drift, 0.0)  # radians per second
+    step = config.distance * 2 * np.pi  # radians
+    speed = loud * min(step / config.fallback_step, cap / 3)
+    salience = np.asarray(features.onset_salience, dtype=np.float64)
+    if len(salience) != len(features.onset_times):
+        salience = np.zeros(len(features.onset_times))
+    span = max(1, int(round(ACCENT_SECONDS * fps)))
+    shape = np.diff(cubic_in_out(np.linspace(0.0, 1.0, span + 1)))  # sums to 1
+    surge = min(step, cap * ACCENT_SECONDS / 3)  # radians: a full surge peaks at the cap
+    for k, s in zip(features.onset_frames, salience):
+        part = shape[: n - k]
+        speed[k:k + len(part)] += surge * s * loud[k] * fps * part
+    speed = np.minimum(speed, cap)
+    theta = np.concatenate([[0.0], np.cumsum(speed[:-1]) / fps])
+    return theta + config.drift * features.times
 
 
 class NoiseWalker:
@@ -284,10 +318,17 @@ class PromptWalker:
         frames = np.asarray(frames)
         mix = mx.array(self.section_mix[frames])  # (B, S)
         base = mx.einsum("bs,sld->bld", mix, self.base)
-        w = mx.array(self.weights[frames])  # (B, 12)
-        alpha = w.sum(axis=1)[:, None, None]
-        if self.config.mode == "cumulative":
-            return (1 - alpha) * base + mx.einsum("bn,nld->bld", w, self.notes)
-        target = mx.einsum("bn,nld->bld", w / mx.maximum(alpha[:, :, 0], 1e-12), self.notes)
-        target = mx.where(alpha > 1e-6, target, base)
-        return slerp(base, target, alpha)
+        return mix_embeddings(base, self.notes, self.weights[frames], self.config)
+
+
+def mix_embeddings(base: mx.array, notes: mx.array, weights: np.ndarray, config: PromptWalkConfig) -> mx.array:
+    """(B, 77, D) embeddings between `base` ((B or 1, 77, D)) and the 12 `notes` ((12, 77, D)) by note
+    `weights` ((B, 12), rows summing to at most 1): in focus mode the slerp from the base toward the
+    weighted note prompt, in cumulative mode the linear blend."""
+    w = mx.array(np.asarray(weights, dtype=np.float32))
+    alpha = w.sum(axis=1)[:, None, None]
+    if config.mode == "cumulative":
+        return (1 - alpha) * base + mx.einsum("bn,nld->bld", w, notes)
+    target = mx.einsum("bn,nld->bld", w / mx.maximum(alpha[:, :, 0], 1e-12), notes)
+    target = mx.where(alpha > 1e-6, target, base)
+    return slerp(base, target, alpha)
