@@ -20,6 +20,7 @@ _LAZY = {
     "RenderResult": ".rendering",
     "preview": ".stills",
     "write_note_prompts": ".note_writer",
+    "live": ".realtime.session",
 }
 
 

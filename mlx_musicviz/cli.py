@@ -349,18 +349,26 @@ def note_prompts_command(prompt, lm_model, temperature, seed):
 @click.option("--duration", type=float, default=None)
 @click.option("--out", "chart", type=click.Path(), default=None,
               help="Also draw the features and both walks into this PNG.")
+@click.option("--live", is_flag=True, help="Run live mode's causal analyzer instead (no look-ahead, in blocks).")
+@click.option("--json", "json_out", type=click.Path(), default=None,
+              help="With --live: write its beats, tempo over time and onsets to this JSON file.")
 @_walk_options
 @friendly_errors
-def analyze(song, fps, start, duration, chart, mode, beat_grid, motion):
-    """Print what the video will follow: tempo, beats, onsets, sections (and chart it with --out).
+def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, motion):
+    """Print what the video will follow: tempo and beats (or "no steady beat"), onsets, sections (and
+    chart it with --out).
 
     \b
     Examples:
       musicviz-mlx analyze song.mp3 --fps 30
       musicviz-mlx analyze song.mp3 --out features.png
       musicviz-mlx analyze song.mp3 --out features.png --beat-grid half --motion 0.1
+      musicviz-mlx analyze song.mp3 --live --json live.json   # what live mode would see, as it plays
     """
+    if live or json_out:
+        return _analyze_live(song, live, json_out, chart)
     from .audio import analyze as run
+    from .audio import beat_summary
     from .walkers import PromptWalkConfig
 
     noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
@@ -369,13 +377,38 @@ def analyze(song, fps, start, duration, chart, mode, beat_grid, motion):
 
         check_chart_path(chart)
     f = run(song, fps=fps, start=start, duration=duration)
-    click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, tempo {f.tempo:.1f} BPM, "
-               f"{len(f.beat_times)} beats, {len(f.onset_times)} onsets, sections at "
-               + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
+    click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, {beat_summary(f)}, "
+               f"{len(f.onset_times)} onsets, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
     if chart:
         from .charts import features_chart
 
         click.echo(f"chart: {features_chart(f, chart, noise=noise, prompt=PromptWalkConfig(mode=mode))}")
+
+
+def _analyze_live(song, live, json_out, chart) -> None:
+    """`analyze --live [--json OUT]`: the causal analyzer over SONG in live mode's blocks."""
+    import json
+    from pathlib import Path
+
+    from .files import atomic_output, check_output_path
+    from .realtime.analyzer import analyze_live
+
+    if not live:
+        raise click.UsageError("--json goes with --live")
+    if chart:
+        raise click.UsageError("--out charts the offline analysis: drop --live or --out")
+    if json_out:
+        check_output_path(json_out)
+    found = analyze_live(song)
+    tempo = [b for b in found["tempo_bpm"] if b > 0]
+    click.echo(f"{song}: {found['duration']:.2f} s in blocks of {found['block']} samples (look-ahead "
+               f"{found['lookahead_s'] * 1000:.1f} ms): {len(found['beat_times'])} beats, tempo "
+               + (f"{min(tempo):.1f}-{max(tempo):.1f} BPM" if tempo else "not found")
+               + f", {len(found['onset_times'])} onsets")
+    if json_out:
+        with atomic_output(json_out) as tmp:
+            Path(tmp).write_text(json.dumps(found, indent=1))
+        click.echo(f"json: {json_out}")
 
 
 def _torch_reference(config):
@@ -544,6 +577,61 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
             ref.close()
     for path in write_outputs(result, out_dir):
         click.echo(str(path))
+
+
+@main.command(name="live")
+@click.argument("song", type=click.Path(), required=False)
+@click.option("-p", "--prompt", default=None, help="What the video shows; 12 note prompts are derived from it.")
+@click.option("--input", "input_device", default=None, metavar="DEVICE",
+              help="Follow a live audio input instead of a song: a device's index or name (`--input list` lists them).")
+@click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9",
+              help="Hub repo id, diffusers folder, converted folder, or random:NAME.")
+@click.option("--size", default="256", show_default=True, help="Frame size: 256, 512 or WIDTHxHEIGHT (multiples of 64).")
+@click.option("--fps", type=float, default=24, show_default=True, help="Frames per second of the song's timeline, 1 to 60.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_walk_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; any other than loopback needs the token printed with the URL.")
+@click.option("--port", type=int, default=8765, show_default=True, help="HTTP port (0: any free one).")
+@click.option("--osc", "osc_port", type=int, default=None, help="Also take /prompt, /motion, /seed, /mode over OSC on this UDP port.")
+@click.option("--no-open", is_flag=True, help="Do not open the page in the browser.")
+@friendly_errors
+def live_command(song, prompt, input_device, model, size, fps, seed, mode, beat_grid, motion, host, port, osc_port,
+                 no_open):
+    """Show the video of SONG in a browser page as it plays (frames made ahead of the music), or of a
+    live audio input (--input: a microphone, line-in or a sound server's monitor) as it arrives.
+
+    \b
+    Examples:
+      musicviz-mlx live song.mp3 -p "a coral reef, oil painting"
+      musicviz-mlx live song.mp3 -p "neon city" --size 512 --osc 9000
+      musicviz-mlx live song.mp3 -p "test" --model random:tiny --size 128 --no-open
+      musicviz-mlx live song.mp3 -p "neon city" --host 0.0.0.0    # another screen: the URL carries a token
+      musicviz-mlx live --input list                               # the audio inputs
+      musicviz-mlx live --input "MacBook Pro Microphone" -p "neon city"
+    OBS, VLC or a VJ program can take the video from http://127.0.0.1:8765/stream.mjpg.
+    """
+    from .realtime import live
+    from .pipeline import DEFAULT_MODEL
+
+    if input_device == "list":
+        from .realtime.audio_input import list_devices
+
+        inputs = list_devices()
+        if not inputs:
+            raise MusicvizError("no audio input device found (is a microphone, line input or sound server there?)")
+        for index, name, channels in inputs:
+            click.echo(f"{index}: {name} ({channels} channel{'s' if channels > 1 else ''})")
+        return
+    if prompt is None:
+        raise click.UsageError("Missing option '-p' / '--prompt'.")
+    model = model or DEFAULT_MODEL
+    _warn_random(model)
+    try:
+        live(song, prompt, input=input_device, model=model, size=size, fps=fps, seed=seed, motion=motion, mode=mode, grid=beat_grid,
+             host=host, port=port, open_browser=not no_open, osc_port=osc_port)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a live session ends
+        click.echo("live: stopped", err=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""`live(song, prompt)`: serve a page that shows the video of a song as it plays.
+
+The song is analysed as `render` analyses it; frames are generated ahead of the page's audio clock
+on a thread of their own and sent to every page watching; OSC (optional) and the page's controls
+change the prompt, motion, seed and mode while it plays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import webbrowser
+from pathlib import Path
+
+from ..audio import analyze
+from ..errors import MusicvizError
+from ..pipeline import DEFAULT_MODEL, load_pipeline
+from .engine import Generator, LiveSettings, SongFrames
+from .server import LiveState, make_app, new_token, serve
+
+MIN_LIVE_FPS, MAX_LIVE_FPS = 1.0, 60.0
+
+
+def check_port(port, name: str = "port") -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise MusicvizError(f"{name} must be a whole number from 0 to 65535, got {port!r}")
+    return port
+
+
+def apply_change(generator: Generator, name, value) -> str | None:
+    """Apply a change of `name` (prompt, motion, seed, mode) from the page or OSC; a one-line error or None."""
+    kinds = {"prompt": str, "motion": float, "seed": int, "mode": str}
+    if name not in kinds:
+        return f"unknown setting {str(name)[:40]!r}: use one of {', '.join(kinds)}"
+    try:
+        if kinds[name] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds[name]) or isinstance(value, bool):
+            return f"{name} takes a {kinds[name].__name__}, not {value!r:.40}"
+        generator.change(**{name: value})
+    except MusicvizError as e:
+        return str(e)
+    return None
+
+
+def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: float = 24, seed: int = 0,
+         motion: float = 0.25, mode: str = "focus", grid: str = "quarter", host: str = "127.0.0.1", port: int = 8765,
+         open_browser: bool = True, osc_port: int | None = None, batch_size: int = 1, ahead: float = 3.0,
+         pipeline=None, on_ready=None, stop: threading.Event | None = None) -> None:
+    """Serve the live page for `song` (a path), or with `input` for a live audio input (a device's
+    index or name, see `audio_input.find_device`; song None), until interrupted (or `stop` is set).
+
+    size: frame size as `render` takes it (256 by default: a quarter of 512's cost). fps: the song's
+    frame grid, 1 to 60. host: 127.0.0.1 by default; any other address needs the token printed with
+    the URL. osc_port: also take /prompt s, /motion f, /seed i, /mode s over OSC (UDP) there.
+    on_ready(url): called once the server listens (default: print the URL).
+    Raises MusicvizError on bad input, a port in use or an unreadable song.
+    """
+    if not MIN_LIVE_FPS <= fps <= MAX_LIVE_FPS:
+        raise MusicvizError(f"live fps must be from {MIN_LIVE_FPS:g} to {MAX_LIVE_FPS:g}, got {fps}")
+    check_port(port)
+    if osc_port is not None:
+        check_port(osc_port, "OSC port")
+    settings = LiveSettings(prompt, motion=motion, seed=seed, mode=mode, grid=grid).check()
+    loop = asyncio.new_event_loop()
+    if input is not None:
+        if song is not None:
+            raise MusicvizError("give a song or --input, not both")
+        _follow_input(input, settings, model, size, fps, pipeline, loop,
+                      lambda generator, state: _serve(loop, state, generator, None, host, port, open_browser, osc_port,
+                                                      on_ready, stop))
+        return
+    if song is None:
+        raise MusicvizError("give a song to play, or --input for a live audio input")
+    path = Path(song)
+    features = analyze(path, fps=fps)
+    pipe = pipeline or load_pipeline(model)
+    frames = SongFrames(pipe, features, settings, size=size, batch_size=batch_size)
+    state = LiveState(frames.fps)
+    generator = Generator(frames, lambda i, jpeg: loop.call_soon_threadsafe(state.add_frame, i, jpeg), ahead=ahead)
+    _serve(loop, state, generator, path, host, port, open_browser, osc_port, on_ready, stop)
+
+
+def _follow_input(device, settings, model, size, fps, pipeline, loop, serve_with) -> None:
+    """Open the input, then serve frames that follow it while a thread feeds its blocks to the analyzer."""
+    from .audio_input import open_input
+    from .follow import InputFrames, InputGenerator
+
+    with open_input(device) as source:
+        pipe = pipeline or load_pipeline(model)
+        frames = InputFrames(pipe, settings, size=size, rate=source.rate)
+        state = LiveState(fps, follows_input=True)
+        latency = source.block / source.rate + float(getattr(source.stream, "latency", 0.0) or 0.0)
+        generator = InputGenerator(frames, lambda i, t, jpeg: loop.call_soon_threadsafe(state.add_frame, i, jpeg, t),
+                                   capture_latency=latency)
+
+        def capture() -> None:
+            try:
+                for block in source:
+                    frames.feed(block)
+            except MusicvizError as e:  # the input went quiet or away: said on the page and in /stats
+                generator.error = str(e)
+
+        threading.Thread(target=capture, daemon=True, name="musicviz-live-capture").start()
+        serve_with(generator, state)
+
+
+def _serve(loop, state, generator, path, host, port, open_browser, osc_port, on_ready, stop) -> None:
+    """The server on a thread of its own; generation on this one, which loaded the model."""
+    token = new_token(host)
+    control = lambda name, value: apply_change(generator, name, value)  # noqa: E731
+    app = make_app(state, generator, path, token, control)
+    listening, failed, tasks = threading.Event(), [], []
+
+    def ready(bound_port: int) -> None:
+        shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
+        url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}/" + (f"?token={token}" if token else "")
+        (on_ready or (lambda u: print(f"live: {u}  (Ctrl-C stops)", flush=True)))(url)
+        if open_browser:
+            webbrowser.open(url)
+        listening.set()
+
+    def run_server() -> None:
+        asyncio.set_event_loop(loop)
+        tasks.append(loop.create_task(serve(app, host, port, ready)))
+        try:
+            loop.run_until_complete(tasks[0])
+        except asyncio.CancelledError:
+            pass
+        except MusicvizError as e:
+            failed.append(e)
+        finally:
+            listening.set()
+            loop.close()
+
+    osc = None
+    if osc_port is not None:  # listening before the URL is printed: a client may send at once
+        from .osc import start_osc
+
+        osc = start_osc(host, osc_port, control)
+    server = threading.Thread(target=run_server, daemon=True, name="musicviz-live-server")
+    server.start()
+    listening.wait()
+    if failed:
+        if osc is not None:
+            osc.shutdown()
+        raise failed[0]
+    try:
+        watcher = None
+        if stop is not None:  # the caller's stop ends generation as stop() would
+            watcher = threading.Thread(target=lambda: (stop.wait(), generator.stop()), daemon=True)
+            watcher.start()
+        generator.run()
+    finally:
+        generator.stop()
+        if osc is not None:
+            osc.shutdown()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(tasks[0].cancel)
+        server.join(timeout=5)
