@@ -63,11 +63,15 @@ def sample_pair(audio) -> tuple[np.ndarray, int]:
     taken as they are, integers scaled by their type's range (int16 from a WAV reader: / 32768).
     Non-finite samples (NaN, infinity) become silence.
     """
-    samples, rate = np.asarray(audio[0]), audio[1]
+    samples, given = np.asarray(audio[0]), audio[1]
     try:
-        rate = int(rate)
+        rate = int(given)
+        whole = rate == given
     except (TypeError, ValueError, OverflowError):
-        raise MusicvizError(f"sample rate must be a whole number of Hz, got {rate!r}") from None
+        whole = False
+    if not whole or isinstance(given, bool):
+        shown = f"an array of shape {np.shape(given)}" if np.ndim(given) else repr(given)
+        raise MusicvizError(f"sample rate must be a whole number of Hz, got {shown} (audio is (samples, rate))")
     if rate <= 0:
         raise MusicvizError(f"sample rate must be positive, got {rate}")
     if samples.dtype.kind in "iu":

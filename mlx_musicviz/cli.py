@@ -626,9 +626,13 @@ def live_command(song, prompt, input_device, model, size, fps, seed, mode, beat_
     if prompt is None:
         raise click.UsageError("Missing option '-p' / '--prompt'.")
     model = model or DEFAULT_MODEL
-    _warn_random(model)
+
+    def ready(url):  # said once the server is up, not before an input error
+        _warn_random(model)
+        click.echo(f"live: {url}  (Ctrl-C stops)")
+
     try:
-        live(song, prompt, input=input_device, model=model, size=size, fps=fps, seed=seed, motion=motion, mode=mode, grid=beat_grid,
+        live(song, prompt, input=input_device, model=model, on_ready=ready, size=size, fps=fps, seed=seed, motion=motion, mode=mode, grid=beat_grid,
              host=host, port=port, open_browser=not no_open, osc_port=osc_port)
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a live session ends
         click.echo("live: stopped", err=True)

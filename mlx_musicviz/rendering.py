@@ -226,6 +226,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times = {}
     check_audio(audio)
     check_fps(fps)
+    if progress is not None and not callable(progress):
+        raise MusicvizError(f"progress must be a function called as progress(done, total), not {progress!r:.40}")
     width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
     if not 0 <= crf <= MAX_CRF:
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")

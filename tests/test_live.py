@@ -255,10 +255,10 @@ def test_another_address_needs_the_token(tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    """A port in use, an unreadable song, a bad fps: one line each and exit 1."""
+    """A port in use, an unreadable song, a bad fps or size: one line each and exit 1, before the model loads."""
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "live", *args, "-p", "x", "--model",
-                               "random:tiny", "--size", "64", "--no-open"], capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "live", "--size", "64", "--port", "0", *args, "-p", "x",
+                               "--model", "random:tiny", "--no-open"], capture_output=True, text=True, timeout=120)
 
     song = beat_song(tmp_path / "beat.wav", 2)
     with socket.socket() as taken:
@@ -268,7 +268,8 @@ def test_bad_input_is_one_line(tmp_path):
     not_audio = tmp_path / "notes.txt"
     not_audio.write_text("not audio")
     for result, needle in ((busy, "cannot listen on 127.0.0.1:"), (run(str(not_audio)), "cannot decode"),
-                           (run(song, "--fps", "500"), "live fps must be from 1 to 60")):
+                           (run(song, "--fps", "500"), "live fps must be from 1 to 60"),
+                           (run(song, "--size", "100"), "size 100 is not supported")):
         assert result.returncode == 1, result.stderr
         lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr

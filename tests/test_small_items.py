@@ -156,3 +156,16 @@ def test_readme_installs_the_pinned_torch_from_the_cpu_index():
     assert commands, "the README names no torch install"
     for version, rest in commands:
         assert version == pin and "--index-url https://download.pytorch.org/whl/cpu" in rest, (version, rest)
+
+
+def test_api_progress_and_sample_rates_that_cannot_work_are_one_line(tmp_path):
+    """A progress that is not a function, a (rate, samples) pair the wrong way round and a rate that is
+    not a whole number are refused before any work, in one line (no array dumped into it)."""
+    y = np.zeros(22050, np.float32)
+    for kwargs, audio, needle in ((dict(progress=False), (y, 22050), "progress must be a function"),
+                                  ({}, (22050, y[None]), "got an array of shape (1, 22050)"),
+                                  ({}, (y, 44100.5), "got 44100.5")):
+        with pytest.raises(MusicvizError) as e:
+            render(audio, "x", output=tmp_path / "v.mp4", model="random:tiny", size=64, **kwargs)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "v.mp4").exists()

@@ -8,6 +8,7 @@ change the prompt, motion, seed and mode while it plays.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import webbrowser
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..audio import analyze
 from ..errors import MusicvizError
 from ..pipeline import DEFAULT_MODEL, load_pipeline
+from ..rendering import frame_size
 from .engine import Generator, LiveSettings, SongFrames
 from .server import LiveState, make_app, new_token, serve
 
@@ -25,6 +27,33 @@ def check_port(port, name: str = "port") -> int:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise MusicvizError(f"{name} must be a whole number from 0 to 65535, got {port!r}")
     return port
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise MusicvizError when nothing can listen on host:port (in use, or an address not of this
+    machine); port 0 (any free one) always can."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise MusicvizError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def shown_host(host: str) -> str:
+    """The address to print in the page's URL: loopback as 127.0.0.1; for all addresses (0.0.0.0, ::)
+    this machine's own name's address, which another screen on the network can reach."""
+    if host in ("127.0.0.1", "localhost"):
+        return "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return host
+    return host
 
 
 def apply_change(generator: Generator, name, value) -> str | None:
@@ -62,6 +91,8 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     if osc_port is not None:
         check_port(osc_port, "OSC port")
     settings = LiveSettings(prompt, motion=motion, seed=seed, mode=mode, grid=grid).check()
+    frame_size(size)
+    check_free(host, port)  # before the song's analysis and the model's load, which take seconds
     loop = asyncio.new_event_loop()
     if input is not None:
         if song is not None:
@@ -113,7 +144,7 @@ def _serve(loop, state, generator, path, host, port, open_browser, osc_port, on_
     listening, failed, tasks = threading.Event(), [], []
 
     def ready(bound_port: int) -> None:
-        shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else host
+        shown = shown_host(host)
         url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}/" + (f"?token={token}" if token else "")
         (on_ready or (lambda u: print(f"live: {u}  (Ctrl-C stops)", flush=True)))(url)
         if open_browser:
