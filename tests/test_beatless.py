@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from reference import SHARED
+from test_audio_walkers import clicks
 
 from mlx_musicviz.audio import analyze, beat_confidence
 from mlx_musicviz.walkers import NoiseWalkConfig, angle_schedule
@@ -45,15 +46,6 @@ def calls(seconds=60.0, seed=5):
         y[sel] += 0.4 * np.sin(np.pi * u / length) ** 2 * (np.sin(phase) + 0.3 * np.sin(2 * phase))
         at += length + rng.uniform(0.5, 4.0)
     return y.astype(np.float32)
-
-
-def clicks(bpm, seconds=16.0, start=0.5):
-    y = np.zeros(int(seconds * SR), np.float32)
-    times = np.arange(start, seconds - 0.3, 60.0 / bpm)
-    for t in times:
-        i = int(round(t * SR))
-        y[i:i + 200] += np.hanning(400)[200:] * np.sin(np.arange(200) * 0.9)
-    return y, times
 
 
 def noise(seconds=30.0):

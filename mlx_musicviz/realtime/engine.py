@@ -292,6 +292,10 @@ class Generator:
         short = 0.0 if self.rate <= 0 or self.rate >= need else remaining * (1 - self.rate / need)
         return min(remaining, max(MIN_HOLD, min(short, MAX_HOLD)))
 
+    def analysis(self) -> dict:
+        """What /stats adds for this kind of generator: nothing (a song's analysis is done up front)."""
+        return {}
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

@@ -75,6 +75,7 @@ class InputFrames:
         self.weights = np.zeros(12, np.float32)  # the prompt walk's note weights, smoothed
         self._power_t, self._power_held = None, 0.0  # see `_power`
         self.cadence, self.stride, self.n_frames = 1, 1, 0
+        self.steps = None  # the noise walk's angle, kept across changes of settings
         self._set(settings.check())
 
     def _set(self, settings: LiveSettings) -> None:
@@ -85,7 +86,10 @@ class InputFrames:
         rows = np.linspace(0.0, 1.0, shape[0])
         self.masks = {"treble": np.clip(1.5 - 3 * rows, 0, 1), "bass": np.clip(3 * rows - 1.5, 0, 1)}
         self.config = NoiseWalkConfig(distance=settings.motion, grid=settings.grid)
-        self.steps = BeatSteps(self.config) if not hasattr(self, "steps") else _keep(self.steps, self.config)
+        if self.steps is None:
+            self.steps = BeatSteps(self.config)
+        else:  # the same walk under the new config: the angle goes on from where it is
+            self.steps.config = self.config
         mx.eval(self.embeds, self.n1, self.n2)
 
     def feed(self, block: np.ndarray) -> None:
@@ -133,12 +137,6 @@ class InputFrames:
             target *= min(1.0, latest.loudness * 2)
         self.weights += 0.3 * (target - self.weights)
         return self.weights
-
-
-def _keep(steps: BeatSteps, config: NoiseWalkConfig) -> BeatSteps:
-    """The same walk under a new config: the angle goes on from where it is."""
-    steps.config = config
-    return steps
 
 
 class InputGenerator:

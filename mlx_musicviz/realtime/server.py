@@ -141,7 +141,7 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
             "playhead_s": round(state.playhead, 3),
             "settings": vars(generator.frames.settings),
             "error": generator.error,
-            **(generator.analysis() if hasattr(generator, "analysis") else {}),
+            **generator.analysis(),
         }
 
     async def stats(request):
