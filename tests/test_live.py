@@ -4,6 +4,7 @@ and sound in sync; OSC, tokens, /stream.mjpg, and bad clients and input."""
 import asyncio
 import json
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -40,7 +41,8 @@ def live_server(song, *args, timeout: float = 120):
            "--size", "128", "--no-open", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
         match = re.match(r"live: (\S+)", line)
         assert match, f"no URL printed: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
         yield match[1], proc
@@ -106,6 +108,38 @@ def test_the_pace_steps_down_when_generation_falls_short_and_back_up_with_room()
     assert frames.adapt(500.0) and frames.pace == len(PACES) - 2
 
 
+class SlowFrames:
+    """Stands in for `SongFrames`: makes `per_chunk` frames per chunk at `rate` frames a second of wall time."""
+
+    def __init__(self, n_frames, fps, rate, per_chunk=4):
+        self.n_frames, self.fps, self.stride, self.rate, self.per_chunk = n_frames, fps, 1, rate, per_chunk
+        self.image = np.zeros((8, 8, 3), np.uint8)
+
+    def chunk(self, first):
+        time.sleep(self.per_chunk / self.rate)
+        return [(k, self.image) for k in range(first, min(first + self.per_chunk, self.n_frames))]
+
+    def take_up(self):
+        pass
+
+    def adapt(self, rate):
+        return False
+
+
+def test_a_slow_generator_buffers_the_whole_hold_so_the_page_starts():
+    """Generating at half the song's speed, the page asks for a hold longer than the usual look-ahead;
+    the generator keeps making frames until the buffer covers it (it stopped at the look-ahead, and the
+    page waited for ever)."""
+    from mlx_musicviz.realtime.engine import Generator
+
+    gen = Generator(SlowFrames(n_frames=200, fps=50, rate=25), publish=lambda index, jpeg: None, ahead=0.5)
+    deadline = time.monotonic() + 30
+    while gen.buffered() < gen.hold():
+        assert time.monotonic() < deadline, (gen.buffered(), gen.hold())
+        assert gen.step(), f"the generator stopped at {gen.buffered():.2f} s of the {gen.hold():.2f} s the page waits for"
+    assert gen.hold() > 1.0  # longer than the look-ahead (0.5 s) and the least hold
+
+
 def chromium():
     """Debian's headless Chromium through selenium, autoplay allowed."""
     webdriver = pytest.importorskip("selenium.webdriver")
@@ -151,7 +185,9 @@ def test_the_page_plays_in_sync_in_a_real_browser(tmp_path):
             time.sleep(4)
             browser.execute_script("document.getElementById('prompt').value = 'a red lighthouse';"
                                    "set('prompt', 'a red lighthouse');")
+            deadline = time.monotonic() + 60
             while audio_clock(browser)[0] - t0 < 10:
+                assert time.monotonic() < deadline, f"playback stalled: {audio_clock(browser)} {get_json(stats_url(url))}"
                 time.sleep(0.1)
             time.sleep(0.6)  # the page's next report
             stats = get_json(stats_url(url))

@@ -300,28 +300,39 @@ class Generator:
         self._stop.set()
         self._wake.set()
 
-    def run(self) -> None:
+    def horizon(self) -> float:
+        """Seconds past the playhead to make frames for: `ahead`, or while generation is slower than the
+        song, as far as the page must gather before it plays (else it would wait for ever)."""
+        return max(self.ahead, self.hold() + self.frames.stride / self.frames.fps)
+
+    def step(self) -> bool:
+        """Make the next chunk of frames due within the horizon; False if none is due."""
         fps = self.frames.fps
+        first = self.next_frame()
+        if first >= min(self.frames.n_frames, int((self.playhead + self.horizon()) * fps) + 1):
+            self.frames.take_up()  # a change asked for while nothing is due
+            return False
+        t0 = time.perf_counter()
+        made = self.frames.chunk(first)
+        for index, image in made:
+            self.publish(index, encode_jpeg(image, self.quality))
+        with self._made_lock:
+            self.made.update(index for index, _ in made)
+        self.generated += len(made)
+        self.chunks += 1
+        self.latency = time.perf_counter() - t0
+        rate = len(made) / max(self.latency, 1e-6)
+        self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
+        if self.chunks > WARM_UP_CHUNKS and self.frames.adapt(self.rate):
+            self.rate = 0.0
+        floor = int(self.playhead * fps) - int(2 * fps)
+        with self._made_lock:
+            self.made = {k for k in self.made if k >= floor}
+        return True
+
+    def run(self) -> None:
+        """Make frames until `stop()`, waiting for the playhead to move when none is due."""
         while not self._stop.is_set():
-            first = self.next_frame()
-            if first >= min(self.frames.n_frames, int((self.playhead + self.ahead) * fps) + 1):
-                self.frames.take_up()  # a change asked for while nothing is due
+            if not self.step():
                 self._wake.wait(0.05)
                 self._wake.clear()
-                continue
-            t0 = time.perf_counter()
-            made = self.frames.chunk(first)
-            for index, image in made:
-                self.publish(index, encode_jpeg(image, self.quality))
-            with self._made_lock:
-                self.made.update(index for index, _ in made)
-            self.generated += len(made)
-            self.chunks += 1
-            self.latency = time.perf_counter() - t0
-            rate = len(made) / max(self.latency, 1e-6)
-            self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
-            if self.chunks > WARM_UP_CHUNKS and self.frames.adapt(self.rate):
-                self.rate = 0.0
-            floor = int(self.playhead * fps) - int(2 * fps)
-            with self._made_lock:
-                self.made = {k for k in self.made if k >= floor}
