@@ -416,7 +416,19 @@ def beat_summary(features: AudioFeatures) -> str:
     """"tempo 117.5 BPM, 251 beats", or "no steady beat" for music without one (see `beat_confidence`)."""
     if not features.steady_beat:
         return "no steady beat"
-    return f"tempo {features.tempo:.1f} BPM, {len(features.beat_times)} beats"
+    return f"tempo {features.tempo:.1f} BPM, {counted(len(features.beat_times), 'beat')}"
+
+
+def short_window(features: AudioFeatures, duration: float | None) -> str | None:
+    """What to tell a user whose window (`duration` seconds asked for) the song's end cut short, else None."""
+    if duration is None or features.n_frames >= frame_count(duration, features.fps):
+        return None
+    return f"the song ends {features.duration:.2f} s after the start: the window is that long, not {duration:g} s"
+
+
+def counted(n: int, thing: str) -> str:
+    """"1 beat", "2 beats"."""
+    return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
 def frame_count(duration: float, fps: float) -> int:
@@ -1114,7 +1126,7 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
 
     tempo, beats, onsets, confidence = 0.0, np.zeros(0, dtype=int), np.zeros(0, dtype=int), 0.0
     if not silent:
-        tempo, beats, confidence = _beats(f.percussive, sr, seconds)
+        tempo, beats, confidence = _beats(f.percussive, f.onsets, sr, seconds)
         onsets = librosa.onset.onset_detect(onset_envelope=f.onsets, sr=sr, hop_length=HOP, backtrack=True,
                                             energy=f.rms)
     chroma_grid = np.clip(_on_grid(f.chroma.T, ft, times), 0, 1)
@@ -1149,12 +1161,16 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     )
 
 
-def _beats(onset_env: np.ndarray, sr: int, seconds: float) -> tuple[float, np.ndarray, float]:
+def _beats(onset_env: np.ndarray, whole_env: np.ndarray, sr: int, seconds: float) -> tuple[float, np.ndarray, float]:
     """(tempo in BPM, beat frames, beat confidence) from the percussive onset envelope; no beat grid
-    (0 BPM, no beats) where the pulse is too weak for a steady beat (see `beat_confidence`)."""
+    (0 BPM, no beats) where the pulse is too weak for a steady beat (see `beat_confidence`).
+
+    The confidence is the lesser of the percussive envelope's and the whole sound's (`whole_env`): the
+    percussive one is in dB below its own loudest bin, which in music with no percussion (a drone, held
+    chords) magnifies the slow beating of close partials into what looks like a pulse."""
     if not onset_env.any():
         return 0.0, np.zeros(0, dtype=int), 0.0
-    confidence = beat_confidence(onset_env, sr)
+    confidence = min(beat_confidence(onset_env, sr), beat_confidence(whole_env, sr))
     if confidence < STEADY_BEAT and seconds >= PULSE_EVIDENCE:
         return 0.0, np.zeros(0, dtype=int), confidence
     tempo = _tempo(onset_env, sr)

@@ -368,7 +368,7 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
     if live or json_out:
         return _analyze_live(song, live, json_out, chart)
     from .audio import analyze as run
-    from .audio import beat_summary
+    from .audio import beat_summary, counted, short_window
     from .walkers import PromptWalkConfig
 
     noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
@@ -378,7 +378,9 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
         check_chart_path(chart)
     f = run(song, fps=fps, start=start, duration=duration)
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, {beat_summary(f)}, "
-               f"{len(f.onset_times)} onsets, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
+               f"{counted(len(f.onset_times), 'onset')}, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
+    if short_window(f, duration):
+        click.echo(f"warning: {short_window(f, duration)}", err=True)
     if chart:
         from .charts import features_chart
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .audio import MAX_FPS, MIN_FPS, analyze, is_sample_pair, load_audio
+from .audio import MAX_FPS, MIN_FPS, analyze, is_sample_pair, load_audio, short_window
 from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
@@ -251,6 +251,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
 
     t = time.perf_counter()
     warnings = [RANDOM_WEIGHTS_WARNING] if pipe.is_random else []
+    if short_window(features, duration):
+        warnings.append(short_window(features, duration))
     bases = list(section_prompts) if section_prompts else [prompt]
     notes = list(note_prompts) if note_prompts else default_note_prompts(prompt)
     limit = pipe.tokenizer.model_max_length - 2

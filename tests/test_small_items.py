@@ -85,6 +85,22 @@ def test_a_start_past_the_end_says_so_and_names_the_length(tmp_path, pipe):
         render((beeps(1.5), RATE), "x", output=tmp_path / "v.mp4", pipeline=pipe, size=64, start=1.49)
 
 
+def test_a_window_the_songs_end_cuts_short_is_said_and_counts_read_right(tmp_path, pipe):
+    result = render((beeps(1.5), RATE), "x", output=tmp_path / "v.mp4", pipeline=pipe, size=64, fps=8, start=0.5,
+                    duration=4)
+    assert result.frames == 8
+    assert "the song ends 1.00 s after the start: the window is that long, not 4 s" in result.warnings
+    full = render((beeps(1.5), RATE), "x", output=tmp_path / "w.mp4", pipeline=pipe, size=64, fps=8, duration=1.5)
+    assert not [w for w in full.warnings if "song ends" in w]
+    song = wav(tmp_path / "song.wav", 1.5)
+    out = run_cli("analyze", song, "--start", "0.5", "--duration", "4")
+    assert out.exit_code == 0 and "warning: the song ends 1.00 s after the start" in out.output
+    assert "song ends" not in run_cli("analyze", song, "--duration", "1.5").output
+    from mlx_musicviz.audio import counted
+
+    assert (counted(1, "onset"), counted(0, "onset"), counted(2, "beat")) == ("1 onset", "0 onsets", "2 beats")
+
+
 @pytest.fixture(scope="module")
 def long_prompt_render(tmp_path_factory, pipe):
     out = tmp_path_factory.mktemp("long") / "long.mp4"

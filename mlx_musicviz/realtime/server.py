@@ -255,7 +255,8 @@ async def serve(app, host: str, port: int, ready=None) -> None:
     """Serve `app` until cancelled; `ready(url_host, port)` once listening. A port in use is one line."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # open pages and streams are cut after half a second at shutdown, not waited for (a minute by default)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
