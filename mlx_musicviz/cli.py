@@ -193,7 +193,7 @@ def _warn_random(model) -> None:
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
     from .pipeline import DEFAULT_MODEL
     from .rendering import render
-    from .walkers import read_note_prompts
+    from .note_prompts import read_note_prompts
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
@@ -291,7 +291,7 @@ def preview(prompt, output, notes, note_prompts, model, **kw):
 
     from .pipeline import DEFAULT_MODEL
     from .stills import preview as run
-    from .walkers import read_note_prompts
+    from .note_prompts import read_note_prompts
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
@@ -324,8 +324,8 @@ def note_prompts_command(prompt, lm_model, temperature, seed):
       musicviz-mlx note-prompts -p "a coral reef, oil painting" --lm > notes.txt
       musicviz-mlx render song.mp3 -p "a coral reef, oil painting" --note-prompts notes.txt
     """
-    from .rendering import check_prompt
-    from .walkers import default_note_prompts, note_prompts_text
+    from .checks import check_prompt
+    from .note_prompts import default_note_prompts, note_prompts_text
 
     check_prompt(prompt)
     if lm_model is None:
@@ -417,20 +417,21 @@ def _torch_reference(config):
     """The PyTorch reference from benchmarks/ in this checkout, when torch and diffusers are installed.
     It builds and saves the model in a child process now; the child times it when the benchmark asks."""
     import importlib.util
-    import sys
     from pathlib import Path
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("diffusers") is None:
         return None
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if not (folder / "torch_reference.py").exists():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
+    if not path.exists():  # an installed package, not a checkout
         return None
-    sys.path.insert(0, str(folder))
-    from torch_reference import TorchReference
+    spec = importlib.util.spec_from_file_location("musicviz_torch_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
     from .benchmark import reference_device, tf32_enabled
 
-    return TorchReference(config.model, config.size, vae=config.vae, device=reference_device(), tf32=tf32_enabled())
+    return module.TorchReference(config.model, config.size, vae=config.vae, device=reference_device(),
+                                 tf32=tf32_enabled())
 
 
 def _mel_overrides(**kw) -> dict:

@@ -83,7 +83,7 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     Raises MusicvizError (mlx-lm missing, model not found or unreadable, no complete reply).
     """
     from .convert.hub import resolve_source  # here, not above: the CLI imports this module at start
-    from .rendering import check_prompt
+    from .checks import check_prompt
 
     check_prompt(prompt)
     if attempts < 1:

@@ -1,21 +1,18 @@
 """The one-step SDXS pipeline in MLX: tokenizer -> text encoder -> UNet (t=999) -> VAE decode.
 
-`load_pipeline` accepts an MLX checkpoint folder, a diffusers folder or a hub repo id; the latter
-two are converted once into the cache (`$MLX_MUSICVIZ_CACHE`, default ~/.cache/mlx-musicviz).
+`load_pipeline` accepts an MLX checkpoint folder (`checkpoint_format`), a diffusers folder or a hub repo
+id; the latter two are converted once into the cache by `convert.resolve_model`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import warnings
 from pathlib import Path
 
 import mlx.core as mx
 
-from .convert import convert_checkpoint, read_record, resolve_source
-from .convert.checkpoint import WEIGHTS_NAME, check_plan_matches, component_plan
+from .checkpoint_format import WEIGHTS_NAME, check_plan_matches, component_plan, read_record
 from .errors import MusicvizError
 from .models import CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
@@ -25,34 +22,6 @@ from .weights import cast_floats, load_into, load_safetensors
 
 DEFAULT_MODEL = "IDKiro/sdxs-512-0.9"
 VAE_CHOICES = ("tiny", "large")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MLX_MUSICVIZ_CACHE") or Path.home() / ".cache" / "mlx-musicviz")
-
-
-def resolve_model(path_or_repo: str | os.PathLike, revision: str | None = None, bits: int | None = None,
-                  group_size: int = 64, mixed: bool = False) -> Path:
-    """Folder of an MLX checkpoint for `path_or_repo`, converting (once, cached) if needed.
-
-    With `bits`, a float source is quantized once into the cache; a checkpoint that is already
-    quantized is used as it is (its record says how)."""
-    folder, origin = resolve_source(path_or_repo, revision)
-    record = read_record(folder)
-    if record is not None and (bits is None or record.get("quantization")):
-        return folder
-    key = f"{origin['source']}@{origin['revision']}"
-    if bits is not None:
-        key += f"|q{bits}g{group_size}{'m' if mixed else ''}"
-        origin = {**origin, "source": f"{origin['source']}-q{bits}"}
-    if origin["revision"] is None:  # a local folder: re-convert when its weights change
-        stamps = sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*.safetensors"))
-        key += repr(stamps)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(origin["source"]).strip("/"))[-60:]
-    target = cache_root() / "converted" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if read_record(target) is None:
-        convert_checkpoint(folder, target, revision=revision, bits=bits, group_size=group_size, mixed=mixed)
-    return target
 
 
 class Pipeline:
@@ -205,10 +174,12 @@ class Pipeline:
         self.check_inputs(latents, prompt_embeds)
         return self._denoise(latents, prompt_embeds)
 
+    def predict_noise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
+        """The UNet's noise prediction at the one timestep (its embedding computed once), in the compute dtype."""
+        return self.unet(latents.astype(self.dtype), None, prompt_embeds.astype(self.dtype), temb=self._temb)
+
     def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        latents = latents.astype(self.dtype)
-        noise = self.unet(latents, None, prompt_embeds.astype(self.dtype), temb=self._temb)
-        return self.scheduler.step(noise, latents)
+        return self.scheduler.step(self.predict_noise(latents, prompt_embeds), latents.astype(self.dtype))
 
     def vae_for(self, vae: str = "tiny"):
         """The VAE module that `decode(..., vae)` uses: `self.vae` ("tiny") or `self.vae_large` ("large")."""
@@ -270,4 +241,6 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     if str(path_or_repo).startswith("random:"):
         return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
                                mixed=mixed)
+    from .convert import resolve_model  # a folder that is not a converted checkpoint is converted once
+
     return Pipeline.from_folder(resolve_model(path_or_repo, revision, bits, group_size, mixed), dtype=dtype)

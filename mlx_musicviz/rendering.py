@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import numbers
-import operator
 import os
 import resource
 import time
@@ -21,11 +19,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .audio import MAX_FPS, MIN_FPS, analyze, is_sample_pair, load_audio, short_window
+from .audio import analyze, short_window
 from .errors import MusicvizError
+from .checks import check_audio, check_fps, check_inputs, check_start, frame_size
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
-from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker, default_note_prompts
+from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker
+from .note_prompts import default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
 # A segment of the video is kept (and an interrupted render resumes after it) every 10 s of video
@@ -47,84 +47,6 @@ class RenderResult:
     warnings: list = field(default_factory=list)
     keyframes: int = 0  # frames the UNet generates for the video (all of them unless cadence > 1)
     resumed: int = 0  # frames kept from an interrupted run of the same render
-
-
-# The largest frame: the UNet's self-attention at its first level holds (pixels / 64)^2 float32
-# weights a head (1 GiB at 1024x1024; 16 GiB at 2048x2048), and SDXS-512 was trained at 512x512.
-MAX_PIXELS = 1024 * 1024
-
-
-def frame_size(size) -> tuple[int, int]:
-    """(width, height) in pixels of the video's frames from `size`: an int (a square), a (width,
-    height) pair, or a "WIDTHxHEIGHT" string such as "768x448". Both must be multiples of 64 (the
-    UNet halves the 8x-smaller latents three times), at most MAX_PIXELS in all. Raises MusicvizError
-    otherwise."""
-    if isinstance(size, str):
-        parts = size.lower().split("x")
-    else:
-        parts = list(size) if isinstance(size, (tuple, list)) else [size]
-    try:  # operator.index: whole numbers only (numpy's too), no silent rounding of 512.7
-        dims = [int(p) if isinstance(p, str) else operator.index(p) for p in parts * (2 if len(parts) == 1 else 1)]
-    except (TypeError, ValueError):
-        dims = []
-    if len(dims) != 2 or min(dims) <= 0 or dims[0] % 64 or dims[1] % 64:
-        raise MusicvizError(f"size {size} is not supported: use a multiple of 64 (e.g. 512) or WIDTHxHEIGHT in "
-                            "multiples of 64 (e.g. 768x448)")
-    if dims[0] * dims[1] > MAX_PIXELS:
-        raise MusicvizError(f"size {dims[0]}x{dims[1]} is too large: at most {MAX_PIXELS:,} pixels a frame "
-                            "(e.g. 1024x1024 or 1280x768; SDXS-512 was trained at 512x512)")
-    return dims[0], dims[1]
-
-
-def check_prompt(prompt) -> None:
-    """Raise MusicvizError unless `prompt` is a string with something in it."""
-    if not isinstance(prompt, str):
-        raise MusicvizError(f"the prompt must be text (a str), not {type(prompt).__name__}")
-    if not prompt.strip():
-        raise MusicvizError("the prompt is empty; describe what the video should show")
-
-
-def check_audio(audio) -> None:
-    """Raise MusicvizError unless `audio` is a file's path or a (samples, sample_rate) pair."""
-    if isinstance(audio, (str, os.PathLike)) or is_sample_pair(audio):
-        return
-    given = f"an array of shape {audio.shape}" if isinstance(audio, np.ndarray) else type(audio).__name__
-    raise MusicvizError(f"audio must be a file's path or a (samples, sample_rate) pair, not {given}")
-
-
-def check_fps(fps) -> None:
-    """Raise MusicvizError unless `fps` is a number of frames per second from MIN_FPS to MAX_FPS."""
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
-        raise MusicvizError(f"fps must be a number (frames per second), not {type(fps).__name__} {fps!r}")
-    if not MIN_FPS <= fps <= MAX_FPS:  # nan fails both comparisons
-        raise MusicvizError(f"fps must be from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
-
-
-def check_start(audio, start: float | None) -> None:
-    """Raise MusicvizError if `start` (seconds) is at or past the end of the song `audio`, naming the
-    song's length. Decodes the song: for explaining an empty window, after the analysis found one."""
-    if start is None:
-        return
-    y, rate = load_audio(audio)
-    if start >= len(y) / rate:
-        raise MusicvizError(f"audio is too short: start {start:g} s is past the end of the song, which is "
-                            f"{len(y) / rate:.3f} s long")
-
-
-def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:
-    """Check what render and preview share; return the frames' (width, height). Raises MusicvizError."""
-    check_prompt(prompt)
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise MusicvizError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
-    size = frame_size(size)
-    if batch_size < 1:
-        raise MusicvizError("batch size must be at least 1")
-    if note_prompts is not None and len(note_prompts) != 12:
-        raise MusicvizError(f"need 12 note prompts (C to B), got {len(note_prompts)}")
-    for kind, given in (("note", note_prompts), ("section", section_prompts)):
-        if given is not None and not all(isinstance(p, str) and p.strip() for p in given):
-            raise MusicvizError(f"a {kind} prompt is empty; every {kind} prompt must describe something")
-    return size
 
 
 def make_walkers(features, pipe, embeds: mx.array, n_bases: int, size, seed: int = 0,

@@ -16,8 +16,9 @@ from .audio import NOTE_NAMES
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 from .pipeline import DEFAULT_MODEL, load_pipeline
-from .rendering import check_inputs, frame_size
-from .walkers import circle_noise, default_note_prompts
+from .checks import check_inputs, frame_size
+from .walkers import circle_noise
+from .note_prompts import default_note_prompts
 
 SHEET_COLUMNS = 4
 LABEL_HEIGHT = 24  # pixels of caption under each tile of a sheet

@@ -1,19 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import mlx_musicviz  # noqa: E402,F401  (loads the optimized BLAS before mlx)
-from reference import SHARED  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"../shared is missing ({SHARED}); the tests need the shared data beside the checkout")
-    return SHARED
+import mlx_musicviz  # noqa: F401  (loads the optimized BLAS before mlx)
 
 
 @pytest.fixture

@@ -1,15 +1,15 @@
-"""Test images: the real photos in ../shared/data/images, center-cropped and resized."""
+"""Test images: the real photos in tests/data/images, center-cropped and resized."""
 
 import numpy as np
 from PIL import Image
-from reference import SHARED
+from reference import DATA
 
 PHOTOS = ("astronaut.png", "coffee.png")
 
 
 def load_photo(name: str, size: int = 512) -> np.ndarray:
     """(size, size, 3) float32 in [0, 1]: center square crop, Lanczos resize."""
-    img = Image.open(SHARED / "data" / "images" / name).convert("RGB")
+    img = Image.open(DATA / "images" / name).convert("RGB")
     w, h = img.size
     s = min(w, h)
     img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))

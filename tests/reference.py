@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
-VOCAB = SHARED / "data" / "clip-tokenizer"
+from mlx_musicviz.models.tokenizer import BUNDLED_VOCABULARY
+
+DATA = Path(__file__).resolve().parent / "data"  # recordings, photos, weights and configs (see data/README.md)
+REFERENCE = DATA / "reference"
+VOCAB = BUNDLED_VOCABULARY  # the CLIP vocabulary the package ships
 
 SMALL_UNETS = {
     # sdxs-512-0.9's layout, small: 3 levels, no mid block, cross-only first level, linear projections.

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from mlx_musicviz.models import activations
-from mlx_musicviz.models.activations import on_cpu, attention, gelu, silu
+from mlx_musicviz.ops import attention, gelu, on_cpu, sdpa, silu
 
 
 def _inputs() -> np.ndarray:
@@ -63,9 +62,9 @@ def test_attention_split_over_two_streams_is_the_same_attention(monkeypatch, mas
     mask = None if mask_shape is None else rng.normal(0, 4, mask_shape).astype(np.float32)
     args = [mx.array(a) for a in (q, k, v)] + [0.5, None if mask is None else mx.array(mask)]
     whole = np.array(attention(*args))
-    monkeypatch.setattr(activations, "SPLIT_SCORES", 1)
+    monkeypatch.setattr(sdpa, "SPLIT_SCORES", 1)
     calls = []
-    monkeypatch.setattr(activations, "_heads", lambda m, a, b, heads=activations._heads: calls.append((a, b)) or heads(m, a, b))
+    monkeypatch.setattr(sdpa, "_heads", lambda m, a, b, heads=sdpa._heads: calls.append((a, b)) or heads(m, a, b))
     split = np.array(attention(*args))
     assert calls == [(0, 2), (2, 5)]
     assert np.array_equal(split, whole)

@@ -5,14 +5,14 @@ import warnings
 import mlx.core as mx
 import numpy as np
 import pytest
-from reference import SHARED
+from reference import DATA
 
 from mlx_musicviz.audio import NOTE_NAMES, analyze, frame_count
 from mlx_musicviz.errors import MusicvizError
 from mlx_musicviz.walkers import NoiseWalkConfig, NoiseWalker, PromptWalker
 
 SR = 22050
-RECORDINGS = sorted((SHARED / "data" / "audio").glob("*.ogg"))
+RECORDINGS = sorted((DATA / "audio").glob("*.ogg"))
 warnings.filterwarnings("ignore", message="Trying to estimate tuning")
 
 
@@ -146,7 +146,7 @@ def test_analyze_cli_draws_the_features_chart(tmp_path):
     from PIL import Image
 
     out = tmp_path / "features.png"
-    song = str(SHARED / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg")
+    song = str(DATA / "audio" / "sorohanro_-_solo-trumpet-06.ogg")
     r = subprocess.run([sys.executable, "-m", "mlx_musicviz.cli", "analyze", song, "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

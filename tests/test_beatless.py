@@ -1,5 +1,5 @@
 """Music without a steady beat: no beat grid, a noise walk that flows with the loudness; music with a
-beat (click tracks, the shared recordings) keeps its beats."""
+beat (click tracks, the test recordings) keeps its beats."""
 
 import subprocess
 import sys
@@ -7,16 +7,16 @@ import warnings
 
 import numpy as np
 import pytest
-from reference import SHARED
+from reference import DATA
 from test_audio_walkers import clicks
 
 from mlx_musicviz.audio import analyze, beat_confidence
 from mlx_musicviz.walkers import NoiseWalkConfig, angle_schedule
 
 SR = 22050
-RECORDINGS = sorted((SHARED / "data" / "audio").glob("*.ogg"))
+RECORDINGS = sorted((DATA / "audio").glob("*.ogg"))
 warnings.filterwarnings("ignore", message="Trying to estimate tuning")
-# tempo and beats of the shared recordings before beat confidence existed (librosa's tracker, refined)
+# tempo and beats of the test recordings before beat confidence existed (librosa's tracker, refined)
 RECORDED_BEATS = {"Hungarian": (126.0, 88), "Karissa": (117.5, 251), "Kevin": (110.0, 212), "sorohanro": (120.2, 5)}
 
 
@@ -130,7 +130,7 @@ def test_click_tracks_keep_their_beats(bpm):
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem[:24])
-def test_shared_recordings_keep_their_beats(path):
+def test_real_recordings_keep_their_beats(path):
     f = analyze(path, fps=30)
     tempo, count = next(v for k, v in RECORDED_BEATS.items() if path.name.startswith(k))
     print(f"{path.name}: {f.tempo:.1f} BPM, {len(f.beat_times)} beats, beat confidence {f.beat_confidence:.3f}")
@@ -142,18 +142,19 @@ def test_beat_tracker_is_librosas():
     every import) finds librosa.beat.beat_track's beats, on real and random envelopes, at any tempo."""
     import librosa
 
-    from mlx_musicviz import audio
+    from mlx_musicviz.audio import beats as audio_beats
+    from mlx_musicviz.audio import load_audio, spectral, track_beats
 
     rng = np.random.default_rng(0)
     envelopes = [(rng.random(3000 + 700 * i) ** 4).astype(np.float32) for i in range(6)]
     envelopes.append(np.where(rng.random(5000) > 0.98, 5.0, 0.0).astype(np.float32))  # sparse hits
     envelopes.append(np.concatenate([np.zeros(800), rng.random(4000) ** 3, np.zeros(500)]).astype(np.float32))
-    y = audio.load_audio(RECORDINGS[0], SR, duration=60.0)[0]
-    envelopes.append(audio._feature_pass(audio._Reader([y]), len(y), None, SR, 10**9)[0].percussive)
+    y = load_audio(RECORDINGS[0], SR, duration=60.0)[0]
+    envelopes.append(spectral._feature_pass(spectral._Reader([y]), len(y), None, SR, 10**9)[0].percussive)
     for env in envelopes:
-        for bpm in (audio._tempo(env, SR), 61.0, 97.0, 180.0):
+        for bpm in (audio_beats._tempo(env, SR), 61.0, 97.0, 180.0):
             _, expected = librosa.beat.beat_track(onset_envelope=env, sr=SR, hop_length=256, bpm=bpm, units="frames")
-            assert np.array_equal(audio.track_beats(env, bpm, SR / 256), expected), bpm
+            assert np.array_equal(track_beats(env, bpm, SR / 256), expected), bpm
 
 
 def test_beat_confidence_scale():

@@ -32,7 +32,7 @@ def test_flop_count_of_the_full_size_unet_matches_the_architecture():
     pipe = Pipeline.random("sdxs-512-0.9")
     latents = mx.zeros((1, 64, 64, 4))
     emb = mx.zeros((1, 77, 1024))
-    flops = count_flops(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
+    flops = count_flops(lambda: mx.eval(pipe.predict_noise(latents, emb)))
     vae = count_flops(lambda: mx.eval(pipe.vae.decode(latents)))
     assert 412e9 < flops < 424e9, flops
     assert 135e9 < vae < 145e9, vae
@@ -49,7 +49,7 @@ def test_layer_shapes_list_every_convolution_and_linear_call_once_per_shape():
     emb = mx.zeros((2, 77, pipe.text_encoder.hidden_size))
 
     def unet():
-        mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb))
+        mx.eval(pipe.predict_noise(latents, emb))
 
     shapes = layer_shapes(unet)
     seen = []
@@ -82,13 +82,12 @@ def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
     import mlx.core as mx
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from torch_reference import _layer_call, layer_request
 
     pipe = Pipeline.random("tiny")
     latents = mx.zeros((1, 16, 16, 4))
     emb = mx.zeros((1, 77, pipe.text_encoder.hidden_size))
-    shapes = layer_shapes(lambda: mx.eval(pipe.unet(latents, None, emb, temb=pipe._temb)))
+    shapes = layer_shapes(lambda: mx.eval(pipe.predict_noise(latents, emb)))
     shapes += layer_shapes(lambda: mx.eval(pipe.vae.decode(latents)))
     shapes += layer_shapes(lambda: mx.eval(pipe.vae_large.decode(latents)))
     assert sum(1 for s in shapes if s.get("upsample")) >= 5
@@ -109,13 +108,14 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
     import mlx.core as mx
     import mlx.nn as nn
 
+    from mlx_musicviz import ops
     from mlx_musicviz.models import layers
 
     pipe = Pipeline.random("tiny")
     latents = mx.random.normal((2, 16, 16, 4), key=mx.random.key(0))
     emb = mx.random.normal((1, 77, pipe.text_encoder.hidden_size), key=mx.random.key(1))
     plain = pipe.generate(latents, emb)
-    originals = (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.multi_head_attention, layers.upsample_conv)
+    originals = (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, ops.multi_head_attention, ops.upsample_conv)
     split = profile_frame(pipe, latents, emb)
     assert set(split) == {*PROFILE_KINDS, "total"}
     assert all(split[kind] > 0 for kind in PROFILE_KINDS[:-1]), split
@@ -125,8 +125,8 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
         profiled = pipe.generate(latents, emb)
         mx.eval(profiled)
     assert mx.array_equal(profiled, plain).item()
-    assert (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, layers.multi_head_attention,
-            layers.upsample_conv) == originals
+    assert (nn.Linear.__call__, layers.Conv2d.__call__, layers.GroupNorm.silu, ops.multi_head_attention,
+            ops.upsample_conv) == originals
     # A profiled call inside another is charged once: the UNet's wide upsampler at 16x16 (fewer pixels than
     # channels) is a convolution of the upsampled map inside `upsample_conv`, all three "convolution".
     conv = layers.Conv2d(512, 512, 3, padding=1)
@@ -135,7 +135,7 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
     seconds = {}
     with timing_kinds(seconds):
         start = time.perf_counter()
-        mx.eval(layers.upsample_conv(x, conv))
+        mx.eval(ops.upsample_conv(x, conv))
         wall = time.perf_counter() - start
     assert set(seconds) == {"convolution"} and 0.5 * wall < seconds["convolution"] <= wall
     for vae, kinds in (("vae", {"convolution", "norm and activation"}),
@@ -147,7 +147,6 @@ def test_the_frame_profile_splits_its_time_by_kind_and_changes_nothing():
 
 
 def test_pytorch_operators_are_counted_as_the_mlx_profile_counts_its_calls():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from torch_reference import TORCH_KINDS, torch_kind
 
     assert set(TORCH_KINDS) == set(PROFILE_KINDS) - {"other"}
@@ -172,7 +171,6 @@ def test_the_reference_runs_where_mlx_runs_and_waits_for_its_work(monkeypatch):
 
     from mlx_musicviz.benchmark import BenchResult, level_peak, machine_info, reference_device, tf32_enabled
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import torch_reference
 
     info = machine_info()
@@ -214,7 +212,7 @@ def test_interleaved_times_take_turns_and_drop_the_warm_up(monkeypatch):
     sides = {"float32": side("float32"), "8bit": side("8bit"), "pytorch-float32": side("pytorch-float32")}
     sides["8bit"].pop("vae")  # a side may lack a component
     pauses = []
-    monkeypatch.setattr("mlx_musicviz.benchmark.time.sleep", pauses.append)
+    monkeypatch.setattr("mlx_musicviz.benchmark.interleave.time.sleep", pauses.append)
     times = interleaved_times(sides, runs=2, switch_pause=0.5)
     # warm-up (round -1) in the given order, then round 0 the same, round 1 rotated by one
     assert calls[:5] == [("float32", "unet"), ("8bit", "unet"), ("pytorch-float32", "unet"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
-from mlx_musicviz import kernels
+from mlx_musicviz import kernels, ops
 from mlx_musicviz.models import layers
 
 pytestmark = pytest.mark.usefixtures("cpu_device", "kernels_used")
@@ -33,7 +33,7 @@ def _relative(got, want) -> float:
 
 def _reference(x, weight, bias, residual, relu, upsample):
     """The same function from mlx's own convolution."""
-    source = layers.upsample_nearest(x, 2) if upsample else x
+    source = ops.upsample_nearest(x, 2) if upsample else x
     y = mx.conv2d(source, weight, padding=1)
     y = y if bias is None else y + bias
     y = y if residual is None else y + residual
@@ -107,7 +107,7 @@ def test_layers_take_the_fused_path_where_it_pays():
         pytest.fail(kernels.unavailable_reason())
 
     def path(shape, o, kernel=3, stride=1, dtype=mx.float32):
-        return layers.conv_path(mx.zeros(shape, dtype), mx.zeros((o, kernel, kernel, shape[3])), stride, kernel // 2)
+        return ops.conv_path(mx.zeros(shape, dtype), mx.zeros((o, kernel, kernel, shape[3])), stride, kernel // 2)
 
     assert path((1, 512, 512, 64), 64) == "fused_winograd"  # the tiny VAE's
     assert path((1, 64, 64, 64), 64) == "fused_winograd"
@@ -124,7 +124,7 @@ def test_layers_take_the_fused_path_where_it_pays():
     assert path((1, 64, 64, 64), 64, kernel=1) == "mlx"
     assert path((1, 64, 64, 64), 64, dtype=mx.float16) == "mlx"
     half_kernel = mx.zeros((64, 3, 3, 64), mx.float16)  # float32 input, a half-precision kernel: not fused
-    assert layers.conv_path(mx.zeros((1, 64, 64, 64)), half_kernel, 1, 1) != "fused_winograd"
+    assert ops.conv_path(mx.zeros((1, 64, 64, 64)), half_kernel, 1, 1) != "fused_winograd"
 
 
 @pytest.mark.parametrize("quantized", [False, True])
@@ -141,12 +141,12 @@ def test_fused_layers_match_the_unfused_ones(monkeypatch, quantized):
         conv = QuantizedConv2d.from_float(conv, group_size=64, bits=8)
     x = mx.random.normal((2, 24, 16, 64))
     residual = mx.random.normal((2, 24, 16, 64))
-    fused = [conv(x, residual=residual, relu=True), conv(x, relu=True), layers.upsample_conv(x, conv)]
-    assert layers.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "fused_winograd"
+    fused = [conv(x, residual=residual, relu=True), conv(x, relu=True), ops.upsample_conv(x, conv)]
+    assert ops.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "fused_winograd"
     monkeypatch.setattr(kernels, "available", lambda: False)
-    monkeypatch.setattr(layers, "MIN_PIXELS", 1)  # the rows of taps, as at the tiny VAE's sizes
-    assert layers.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "rows"
-    plain = [conv(x, residual=residual, relu=True), conv(x, relu=True), layers.upsample_conv(x, conv)]
+    monkeypatch.setattr(ops.convolution, "MIN_PIXELS", 1)  # the rows of taps, as at the tiny VAE's sizes
+    assert ops.conv_path(x, conv.kernel(mx.float32) if quantized else conv.weight, 1, 1) == "rows"
+    plain = [conv(x, residual=residual, relu=True), conv(x, relu=True), ops.upsample_conv(x, conv)]
     for a, b in zip(fused, plain):
         assert a.shape == b.shape
         assert _relative(a, b) < 2e-6
@@ -197,7 +197,6 @@ def test_attention_refuses_what_it_does_not_compute(q, k, heads, message):
 
 
 def test_multi_head_attention_takes_the_kernel_where_it_applies(monkeypatch):
-    from mlx_musicviz.models import activations
 
     if not kernels.available():
         pytest.fail(kernels.unavailable_reason())
@@ -205,16 +204,16 @@ def test_multi_head_attention_takes_the_kernel_where_it_applies(monkeypatch):
     original = kernels.attention
     monkeypatch.setattr(kernels, "attention", lambda *args: calls.append(args[1].shape) or original(*args))
     x, text = mx.random.normal((2, 256, 128), key=mx.random.key(3)), mx.random.normal((2, 77, 128), key=mx.random.key(4))
-    fused = activations.multi_head_attention(x, x, x, 2, 0.125)
-    cross = activations.multi_head_attention(x, text, text, 2, 0.125)  # 77 keys (text): the kernel too
+    fused = ops.multi_head_attention(x, x, x, 2, 0.125)
+    cross = ops.multi_head_attention(x, text, text, 2, 0.125)  # 77 keys (text): the kernel too
     causal = mx.triu(mx.full((256, 256), -mx.inf), k=1)
-    activations.multi_head_attention(x, x, x, 2, 0.125, causal)  # a mask: the mlx path
+    ops.multi_head_attention(x, x, x, 2, 0.125, causal)  # a mask: the mlx path
     wide = mx.random.normal((1, 64, 96), key=mx.random.key(5))
-    activations.multi_head_attention(wide, wide, wide, 3, 0.125)  # heads of 32 channels: the mlx path
+    ops.multi_head_attention(wide, wide, wide, 3, 0.125)  # heads of 32 channels: the mlx path
     assert calls == [(2, 256, 128), (2, 77, 128)]
     monkeypatch.setattr(kernels, "available", lambda: False)
-    assert _relative(fused, activations.multi_head_attention(x, x, x, 2, 0.125)) < 2e-6
-    assert _relative(cross, activations.multi_head_attention(x, text, text, 2, 0.125)) < 2e-6
+    assert _relative(fused, ops.multi_head_attention(x, x, x, 2, 0.125)) < 2e-6
+    assert _relative(cross, ops.multi_head_attention(x, text, text, 2, 0.125)) < 2e-6
 
 
 def test_group_norm_without_affine_on_views_and_its_refusals():
@@ -265,7 +264,6 @@ def test_geglu_matches_mlx_and_pytorch(shape):
     takes it, and widths it does not take go to the mlx path."""
     import torch
 
-    from mlx_musicviz.models import activations
 
     if not kernels.available():
         pytest.fail(kernels.unavailable_reason())
@@ -279,12 +277,11 @@ def test_geglu_matches_mlx_and_pytorch(shape):
     assert _relative(got, want) < 1e-6
     th, tgate = torch.from_numpy(np.array(x)).chunk(2, dim=-1)
     assert _relative(got, (th * torch.nn.functional.gelu(tgate)).numpy()) < 1e-6
-    assert mx.array_equal(activations.geglu(x), got).item()
+    assert mx.array_equal(ops.geglu(x), got).item()
     assert mx.array_equal(kernels.geglu(x[..., :].T.T), got).item()
 
 
 def test_geglu_refuses_what_it_does_not_compute(monkeypatch):
-    from mlx_musicviz.models import activations
 
     if not kernels.available():
         pytest.fail(kernels.unavailable_reason())
@@ -294,7 +291,7 @@ def test_geglu_refuses_what_it_does_not_compute(monkeypatch):
             kernels.geglu(mx.zeros((2, width)))
     x = mx.random.normal((3, 48), key=mx.random.key(9))
     h, gate = mx.split(x, 2, axis=-1)
-    assert _relative(activations.geglu(x), h * nn.gelu(gate)) < 1e-6  # the mlx path
+    assert _relative(ops.geglu(x), h * nn.gelu(gate)) < 1e-6  # the mlx path
     calls = []
     original = kernels.geglu
     monkeypatch.setattr(kernels, "geglu", lambda y: calls.append(y.shape) or original(y))
@@ -311,9 +308,9 @@ def test_geglu_refuses_what_it_does_not_compute(monkeypatch):
 def _kernels_in_a_fresh_process(tmp_path, **env) -> str:
     code = ("import mlx_musicviz, mlx.core as mx\n"
             "from mlx_musicviz import kernels\n"
-            "from mlx_musicviz.models import layers\n"
+            "from mlx_musicviz import ops\n"
             "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
-            " layers.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
+            " ops.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
     environment = {**os.environ, "MLX_MUSICVIZ_CACHE": str(tmp_path / "cache"), **env}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -352,9 +349,9 @@ def test_the_models_take_the_kernels_only_where_they_are_faster(monkeypatch):
         return
     code = ("import mlx_musicviz, mlx.core as mx\n"
             "from mlx_musicviz import kernels\n"
-            "from mlx_musicviz.models import layers\n"
+            "from mlx_musicviz import ops\n"
             "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
-            " layers.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
+            " ops.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
     for switch in ("", "1"):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                               env={**os.environ, "MLX_MUSICVIZ_KERNELS": switch})

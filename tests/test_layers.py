@@ -1,5 +1,5 @@
-"""The CPU paths of layers.conv2d (rows of taps, few outputs, Winograd; float and quantized layers; against
-mlx's own convolution), layers.upsample_conv (sub-pixel phases, against the upsampled convolution) and
+"""The CPU paths of ops.conv2d (rows of taps, few outputs, Winograd; float and quantized layers; against
+mlx's own convolution), ops.upsample_conv (sub-pixel phases, against the upsampled convolution) and
 layers.GroupNorm (against float64 and PyTorch, its C++ kernel and its mlx path). The C++ fused Winograd path is tested in test_kernels.py;
 the paths here are what runs where it does not apply or is not built (`without_kernels`)."""
 
@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
-from mlx_musicviz.models import layers
-from mlx_musicviz.models.activations import silu
-from mlx_musicviz.models.layers import Conv2d, LayerNorm, conv_path, group_norm
+from mlx_musicviz.models.layers import Conv2d, LayerNorm, group_norm
+from mlx_musicviz.ops import convolution, conv_path, silu
 
 
 def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
@@ -32,9 +31,9 @@ def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
                                                 (1, 70, 9, 128, 24, False), (3, 1, 130, 8, 9, True),
                                                 (1, 21, 19, 256, 128, True)])
 def test_fast_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
-    monkeypatch.setattr(layers, "MIN_PIXELS", 1)
-    monkeypatch.setattr(layers, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(layers, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
+    monkeypatch.setattr(convolution, "MIN_PIXELS", 1)
+    monkeypatch.setattr(convolution, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(convolution, "STRIP_ELEMENTS", 7 * (w + 2))  # several strips, the last one short
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "rows") < 1e-6
 
 
@@ -51,7 +50,7 @@ def test_few_outputs_path_matches_mlx_convolution(batch, h, w, c, o, bias):
 @pytest.mark.parametrize("batch,h,w,c,o,bias", [(1, 8, 6, 320, 24, True), (2, 4, 10, 264, 9, False),
                                                 (1, 2, 2, 300, 16, True), (3, 6, 4, 512, 40, True)])
 def test_winograd_path_matches_mlx_convolution(monkeypatch, batch, h, w, c, o, bias):
-    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
+    monkeypatch.setattr(convolution, "WINOGRAD_MIN_PIXELS", 1)
     assert _relative_error_against_mlx(batch, h, w, c, o, bias, "winograd") < 2e-6
 
 
@@ -91,8 +90,8 @@ def test_quantized_convolutions_take_the_same_paths(monkeypatch, c, o, size, pat
     from mlx_musicviz.models.quantized import QuantizedConv2d
 
     taken = []
-    original = getattr(layers, path)
-    monkeypatch.setattr(layers, path, lambda *args: taken.append(path) or original(*args))
+    original = getattr(convolution, path)
+    monkeypatch.setattr(convolution, path, lambda *args: taken.append(path) or original(*args))
     mx.random.seed(2)
     q = QuantizedConv2d.from_float(nn.Conv2d(c, o, 3, padding=1), group_size=64, bits=8)
     x = mx.random.normal((1, size, size, c))
@@ -112,14 +111,14 @@ def test_upsample_conv_matches_the_upsampled_convolution(monkeypatch, kind, batc
     from mlx_musicviz.models.quantized import QuantizedConv2d
 
     upsampled = []
-    original = layers.upsample_nearest
-    monkeypatch.setattr(layers, "upsample_nearest", lambda *args: upsampled.append(1) or original(*args))
+    original = convolution.upsample_nearest
+    monkeypatch.setattr(convolution, "upsample_nearest", lambda *args: upsampled.append(1) or original(*args))
     mx.random.seed(3)
     conv = (Conv2d if kind == "ours" else nn.Conv2d)(c, o, 3, padding=1, bias=bias)
     if kind == "quantized":
         conv = QuantizedConv2d.from_float(conv, group_size=64, bits=8)
     x = mx.random.normal((batch, h, w, c))
-    got = np.array(layers.upsample_conv(x, conv))
+    got = np.array(convolution.upsample_conv(x, conv))
     kernel = conv.kernel(mx.float32) if kind == "quantized" else conv.weight
     want = mx.conv2d(original(x, 2), kernel, padding=1)
     want = np.array(want + conv.bias if bias else want)

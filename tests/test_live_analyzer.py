@@ -6,14 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
-from reference import SHARED
+from reference import DATA
 
 from mlx_musicviz.audio import SAMPLE_RATE, analyze
 from mlx_musicviz.errors import MusicvizError
 from mlx_musicviz.realtime.analyzer import CausalAnalyzer, analyze_live, beat_f_measure
 
 SR = SAMPLE_RATE
-RECORDINGS = sorted((SHARED / "data" / "audio").glob("*.ogg"))
+RECORDINGS = sorted((DATA / "audio").glob("*.ogg"))
 TOLERANCE = 0.07  # seconds: the standard beat-evaluation window
 
 
@@ -192,7 +192,7 @@ def agreement():
     """Per recording: F-measure of the live beats against the offline beats (audio.analyze), both
     counted from 5 s on (from 1 s on a clip shorter than 20 s), with both tempi."""
     if not RECORDINGS:
-        pytest.fail(f"no recordings in {SHARED / 'data' / 'audio'}")
+        pytest.fail(f"no recordings in {DATA / 'audio'}")
     rows = {}
     for path in RECORDINGS:
         with warnings.catch_warnings():

@@ -13,12 +13,12 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import mlx_lm
 import pytest
-from test_render import cli
+from render_helpers import cli
 
 from mlx_musicviz.audio import NOTE_NAMES
 from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.note_prompts import read_note_prompts
 from mlx_musicviz.note_writer import instruction, parse_note_prompts, write_note_prompts
-from mlx_musicviz.walkers import read_note_prompts
 
 PROMPT = "a coral reef, oil painting"
 COLOURS = ("red", "violet", "yellow", "steel", "pearl", "crimson", "blue", "orange", "purple", "green",

@@ -14,7 +14,8 @@ from reference import rel_l2
 from mlx_musicviz import MusicvizError
 from mlx_musicviz.convert import convert_checkpoint, read_record
 from mlx_musicviz.models.quantized import (QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantization_plan,
-                                           quantize, unpack, weight_bytes)
+                                           quantize, weight_bytes)
+from mlx_musicviz.ops import unpack
 from mlx_musicviz.pipeline import load_pipeline
 
 PROMPT = "a lighthouse in a storm, oil painting"
@@ -189,7 +190,7 @@ def test_full_size_sdxs09_unet_size_and_error(tmp_path):
     ref = load_pipeline(f32)
     latents = mx.random.normal((1, 64, 64, 4), key=mx.random.key(5))
     emb = ref.encode_prompt(PROMPT)
-    ref_noise = ref.unet(latents, None, emb, temb=ref._temb)
+    ref_noise = ref.predict_noise(latents, emb)
     ref_frame = np.array(ref.decode(ref.scheduler.step(ref_noise, latents)), dtype=np.float64)
     with warnings.catch_warnings():  # float16 compute is slow on the CPU; only its resident bytes are used here
         warnings.filterwarnings("ignore", message=".*no half-precision BLAS")
@@ -202,7 +203,7 @@ def test_full_size_sdxs09_unet_size_and_error(tmp_path):
         pipe = load_pipeline(q)
         disk = (q / "unet" / "model.safetensors").stat().st_size / f16_disk
         resident = weight_bytes(pipe.unet) / f16_resident
-        noise = pipe.unet(latents, None, emb, temb=pipe._temb)
+        noise = pipe.predict_noise(latents, emb)
         error = rel_l2(noise, ref_noise)
         frame = np.array(pipe.decode(pipe.scheduler.step(noise, latents)), dtype=np.float64)
         psnr = 10 * np.log10(255**2 / max(np.mean((frame - ref_frame) ** 2), 1e-12))

@@ -8,13 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
-from reference import SHARED
+from reference import DATA
 
 from mlx_musicviz.audio import decode_file
 from mlx_musicviz.spectrogram import (METADATA_KEY, PRESETS, audio_to_images, images_to_audio, round_trip_metrics,
                                       save_png)
 
-AUDIO = SHARED / "data" / "audio"
+AUDIO = DATA / "audio"
 RECORDINGS = sorted(p.name for p in AUDIO.glob("*.ogg"))
 # Thresholds pinned from measurements (see the README): a regression in the format, the mel
 # inversion or the phase recovery moves these numbers well past the margins.

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +10,8 @@ from PIL import Image
 from mlx_musicviz import load_pipeline, preview
 from mlx_musicviz.errors import MusicvizError
 from mlx_musicviz.stills import LABEL_HEIGHT, SHEET_COLUMNS
-from mlx_musicviz.walkers import circle_noise, default_note_prompts, note_prompts_text
+from mlx_musicviz.walkers import circle_noise
+from mlx_musicviz.note_prompts import default_note_prompts, note_prompts_text
 
 PROMPT = "a lighthouse in a storm"
 

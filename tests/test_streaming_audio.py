@@ -10,14 +10,15 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from reference import SHARED
+from reference import DATA
 
-from mlx_musicviz import audio
+from mlx_musicviz.audio import beats as audio_beats
+from mlx_musicviz.audio import chroma, features, hpss, numba_kernels, spectral
 from mlx_musicviz.audio import analyze, decode_file, load_audio
 from mlx_musicviz.video import soundtrack
 
 SR = 22050
-KARISSA = SHARED / "data" / "audio" / "Karissa_Hobbs_-_Lets_Go_Fishin.ogg"
+KARISSA = DATA / "audio" / "Karissa_Hobbs_-_Lets_Go_Fishin.ogg"
 warnings.filterwarnings("ignore", message="Trying to estimate tuning")
 
 
@@ -105,7 +106,7 @@ def formats(tmp_path_factory):
              "wav 16 kHz mono": ("pcm_s16le", 16000, 1)}
     files = {name: encode(folder / f"{name.replace(' ', '_')}.{CODECS[codec][0]}", codec, rate, ch, 30.0)
              for name, (codec, rate, ch) in specs.items()}
-    files["the shared Ogg Vorbis (timestamps off at window switches)"] = KARISSA
+    files["a real Ogg Vorbis (timestamps off at window switches)"] = KARISSA
     return files
 
 
@@ -123,7 +124,7 @@ WINDOWS = [(0.3, 3.0), (7.77, 3.0), (21.1, 2.5), (25.0, None), (12.0, 100.0), (4
 @pytest.mark.parametrize("name", ["mp3 22.05 kHz mono", "mp3 44.1 kHz stereo", "mp3 VBR 44.1 kHz stereo",
                                   "vorbis 44.1 kHz stereo",
                                   "aac 48 kHz stereo", "opus 48 kHz mono", "flac 32 kHz stereo", "wav 16 kHz mono",
-                                  "the shared Ogg Vorbis (timestamps off at window switches)"])
+                                  "a real Ogg Vorbis (timestamps off at window switches)"])
 def test_a_window_decodes_to_the_whole_decode_sliced(formats, name):
     """At the analysis rate (mono) and the soundtrack's (stereo), from near the start (no seek), from
     within, to the end, past the end: the same samples as a whole decode, sliced (bit-exact here; float
@@ -182,10 +183,10 @@ def test_a_long_window_is_decoded_twice_not_held(monkeypatch):
     """A window longer than IN_MEMORY is decoded block by block, once for the whole-song quantities and
     once for the features, and gives the features of the window held in memory."""
     held = analyze(KARISSA, fps=24, start=10.0, duration=70.0, block_frames=1500)
-    monkeypatch.setattr(audio, "IN_MEMORY", 20.0)
+    monkeypatch.setattr(features, "IN_MEMORY", 20.0)
     calls = []
-    decode = audio.decode_blocks
-    monkeypatch.setattr(audio, "decode_blocks", lambda *a, **k: (calls.append(a), decode(*a, **k))[1])
+    decode = features.decode_blocks
+    monkeypatch.setattr(features, "decode_blocks", lambda *a, **k: (calls.append(a), decode(*a, **k))[1])
     streamed = analyze(KARISSA, fps=24, start=10.0, duration=70.0, block_frames=1500)
     assert len(calls) == 2
     _same_features(held, streamed)
@@ -204,13 +205,13 @@ def test_features_match_librosa_on_the_whole_signal():
     env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(percussive, ref=np.max), sr=SR, hop_length=256)
     rms = librosa.feature.rms(S=stft, frame_length=2048)[0]
     mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=stft**2, sr=SR).mean(axis=0), ref=1.0)
-    grid = lambda x: audio._norm(np.interp(f.times, ft, x))  # noqa: E731
+    grid = lambda x: features._norm(np.interp(f.times, ft, x))  # noqa: E731
     assert np.abs(f.loudness - grid(rms)).max() < 1e-5
     assert np.abs(f.mel_power - grid(mel_db)).max() < 1e-5
     assert np.abs(f.onset_strength - grid(env)).max() < 1e-4
     tempo, beats = librosa.beat.beat_track(onset_envelope=env, sr=SR, hop_length=256)
     assert f.tempo == pytest.approx(float(np.atleast_1d(tempo)[0]))
-    expected = audio.refine_to_attacks(librosa.frames_to_time(beats, sr=SR, hop_length=256), y, SR,
+    expected = features.refine_to_attacks(librosa.frames_to_time(beats, sr=SR, hop_length=256), y, SR,
                                        *(2 * [min(0.16, 0.35 * float(np.median(np.diff(beats))) * 256 / SR)]))
     assert np.allclose(f.beat_times, expected, atol=1e-9)
     full = librosa.onset.onset_strength(S=librosa.amplitude_to_db(stft, ref=np.max), sr=SR, hop_length=256)
@@ -221,12 +222,12 @@ def test_features_match_librosa_on_the_whole_signal():
 def test_median_kernel_is_scipys():
     from scipy.ndimage import median_filter
 
-    median_rows = audio._fast_kernels()[0]
+    median_rows = numba_kernels.fast_kernels()[0]
     rng = np.random.default_rng(0)
     for shape in ((7, 300), (40, 31), (3, 16), (5, 2), (1, 1)):
         x = np.round(rng.random(shape) * 20).astype(np.float32)  # ties
         x[:, : shape[1] // 3] = 0  # runs of silence
-        harm, perc = audio._medians(x, median_rows)
+        harm, perc = hpss._medians(x, median_rows)
         assert np.array_equal(harm, median_filter(x, size=(31, 1), mode="reflect")), shape
         assert np.array_equal(perc, median_filter(x, size=(1, 31), mode="reflect")), shape
 
@@ -235,14 +236,14 @@ def test_tempo_and_tuning_are_librosas():
     import librosa
 
     for y in (load_audio(KARISSA, SR, duration=45.0)[0], song(0, 20 * SR, SR)[0]):
-        f, _ = audio._feature_pass(audio._Reader([y]), len(y), None, SR, 10**9)
-        assert audio._tempo(f.percussive, SR) == pytest.approx(
+        f, _ = spectral._feature_pass(spectral._Reader([y]), len(y), None, SR, 10**9)
+        assert audio_beats._tempo(f.percussive, SR) == pytest.approx(
             float(librosa.feature.tempo(onset_envelope=f.percussive, sr=SR, hop_length=256)[0]))
     t = np.arange(10 * SR) / SR
     for cents in (-30, 0, 20):
         y = sum(np.sin(2 * np.pi * 220 * 2 ** (k / 12 + cents / 1200) * t) for k in (0, 4, 7)).astype(np.float32) * 0.2
-        mag = np.abs(audio._stft(np.pad(y, 1024)))
-        mine = audio._tuning(*audio._pitch_peaks(mag[::2], SR))
+        mag = np.abs(spectral._stft(np.pad(y, 1024)))
+        mine = chroma._tuning(*chroma._pitch_peaks(mag[::2], SR))
         assert mine == pytest.approx(librosa.estimate_tuning(y=y, sr=SR, bins_per_octave=36)), cents
 
 

@@ -6,11 +6,11 @@ import pytest
 import taesd_reference
 import torch
 from images import PHOTOS, load_photo, psnr
-from reference import SHARED
+from reference import DATA
 
 from mlx_musicviz.models import AutoencoderTiny
 
-TAEF2 = SHARED / "data" / "weights" / "taef2"
+TAEF2 = DATA / "weights" / "taef2"
 
 
 def mlx_round_trip(vae, img01):

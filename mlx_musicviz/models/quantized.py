@@ -29,7 +29,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import MusicvizError
-from .layers import conv2d
+from .. import ops
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -43,37 +43,6 @@ COMPUTE_MODES = ("auto", "dequantize", "matmul")
 # alone, cause ~2/3 of the 4-bit error (measured layer group by layer group on random weights).
 MIXED_PRESET = {"conv_in": 8, "conv_out": 8, "time_embedding.*": 8, "*time_emb_proj": 8, "*proj_in": 8,
                 "*proj_out": 8, "*conv_shortcut": 8, "*samplers.*": 8}
-
-
-@mx.compile
-def _nibbles(octets: mx.array) -> mx.array:
-    """uint8 levels, two per input byte, low nibble first: each byte widened to 16 bits with its high
-    nibble moved to the upper byte, read back as bytes (little-endian, as mlx's packing assumes).
-    One vectorized kernel, ~10x faster than stacking `octets & 15` and `octets >> 4`."""
-    wide = octets.astype(mx.uint16)
-    return ((wide & 0x0F) | ((wide & 0xF0) << 4)).view(mx.uint8)
-
-
-def unpack(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int, dtype) -> mx.array:
-    """The float (rows, row_length) matrix of a packed affine-quantized weight."""
-    if mx.default_device() != mx.cpu:
-        # scales and biases cast first, so the arithmetic is in `dtype` as below: given float16 scales,
-        # mlx's CUDA dequantize computes in float16 even when asked for float32 (seen on an H100)
-        return mx.dequantize(weight, scales.astype(dtype), biases.astype(dtype), group_size, bits)
-    # mlx's CPU dequantize runs at ~40 M weights/s; byte views with vector ops reach 400-700 (4 bits)
-    # and 450-800 (8 bits), single-threaded. The float passes after the levels are most of it; fusing
-    # them with mx.compile is slower (a kernel with broadcast scales is not vectorized).
-    rows = weight.shape[0]
-    octets = weight.view(mx.uint8)
-    if bits == 8:
-        values = octets
-    elif bits == 4:
-        values = _nibbles(octets)
-    else:
-        shifts = mx.arange(32 // bits, dtype=mx.uint32) * bits
-        values = (weight[..., None] >> shifts) & ((1 << bits) - 1)
-    values = values.reshape(rows, -1, group_size).astype(dtype)
-    return (values * scales[..., None].astype(dtype) + biases[..., None].astype(dtype)).reshape(rows, -1)
 
 
 def pack(levels: mx.array, bits: int) -> mx.array:
@@ -147,11 +116,11 @@ class _Quantized(nn.Module):
             self.bias = bias
 
     def dequantized(self, dtype) -> mx.array:
-        return unpack(self.weight, self.scales, self.biases, self.group_size, self.bits, dtype)
+        return ops.unpack(self.weight, self.scales, self.biases, self.group_size, self.bits, dtype)
 
     def _use_matmul(self) -> bool:
         if self.compute == "auto":
-            return mx.default_device() != mx.cpu
+            return ops.prefers_quantized_matmul()
         return self.compute == "matmul"
 
     def _extra_repr(self) -> str:
@@ -196,7 +165,7 @@ class QuantizedEmbedding(_Quantized):
 
     def __call__(self, ids: mx.array) -> mx.array:
         flat = ids.reshape(-1)
-        rows = unpack(self.weight[flat], self.scales[flat], self.biases[flat], self.group_size, self.bits,
+        rows = ops.unpack(self.weight[flat], self.scales[flat], self.biases[flat], self.group_size, self.bits,
                       self.output_dtype)
         return rows.reshape(*ids.shape, -1)
 
@@ -226,7 +195,7 @@ class QuantizedConv2d(_Quantized):
 
     def __call__(self, x: mx.array, *, residual: mx.array | None = None, relu: bool = False) -> mx.array:
         bias = self.bias.astype(x.dtype) if "bias" in self else None
-        return conv2d(x, self.kernel(x.dtype), bias, self.stride, self.padding, self.dilation,
+        return ops.conv2d(x, self.kernel(x.dtype), bias, self.stride, self.padding, self.dilation,
                       residual=residual, relu=relu)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import gelu, multi_head_attention
+from .. import ops
 from .configs import CLIPTextConfig
 from .layers import LayerNorm
 
@@ -30,14 +30,14 @@ class CLIPAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        out = multi_head_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, mask)
+        out = ops.multi_head_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.scale, mask)
         return self.out_proj(out)
 
 
 class CLIPMLP(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.act = quick_gelu if config.hidden_act == "quick_gelu" else gelu
+        self.act = quick_gelu if config.hidden_act == "quick_gelu" else ops.gelu
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .activations import geglu, silu
+from .. import ops
 from .configs import UNetConfig
 from .layers import (Attention, Conv2d, Downsample2D, LayerNorm, ResnetBlock2D, Upsample2D, group_norm,
                      timestep_embedding)
@@ -35,7 +35,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return geglu(self.proj(x))
+        return ops.geglu(self.proj(x))
 
 
 class BasicTransformerBlock(nn.Module):
@@ -196,7 +196,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def __call__(self, x):
-        return self.linear_2(silu(self.linear_1(x)))
+        return self.linear_2(ops.silu(self.linear_1(x)))
 
 
 class UNet2DConditionModel(nn.Module):

@@ -19,8 +19,10 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import MusicvizError
-from ..rendering import check_prompt, frame_size, make_walkers
-from ..walkers import NoiseWalkConfig, _standardize, default_note_prompts
+from ..rendering import make_walkers
+from ..checks import check_prompt, frame_size
+from ..walkers import NoiseWalkConfig, _standardize
+from ..note_prompts import default_note_prompts
 
 # The steps of adaptation, mildest first: (cadence, stride).
 PACES = ((1, 1), (2, 1), (3, 1), (4, 1), (6, 1), (8, 1), (8, 2), (8, 3), (8, 4))

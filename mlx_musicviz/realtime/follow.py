@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..rendering import frame_size
+from ..checks import frame_size
 from ..walkers import NoiseWalkConfig, PromptWalkConfig, _standardize, circle_noise, cubic_in_out, mix_embeddings
 from .analyzer import CausalAnalyzer
 from .engine import LiveSettings, encode_jpeg, walk_prompts

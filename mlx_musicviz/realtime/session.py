@@ -16,7 +16,7 @@ from pathlib import Path
 from ..audio import analyze
 from ..errors import MusicvizError
 from ..pipeline import DEFAULT_MODEL, load_pipeline
-from ..rendering import frame_size
+from ..checks import frame_size
 from .engine import Generator, LiveSettings, SongFrames
 from .server import LiveState, make_app, new_token, serve
 

@@ -1,14 +1,5 @@
-"""Convert a diffusers-layout checkpoint (or TAESD files, or an MLX checkpoint) to MLX.
-
-Layout written to DST:
-    musicviz.json                 the record: format, version, source, revision, library version,
-                                  per component its dtype and, when quantized, its quantization
-                                  (bits, group size, mode, quantized modules, modules kept float)
-    <component>/config.json       the source config (+ `_class_name`)
-    <component>/model.safetensors MLX layout (NHWC kernels), metadata: format, component, dtype,
-                                  quantization (the same JSON as the record's)
-    tokenizer/, scheduler/        copied
-"""
+"""Convert a diffusers-layout checkpoint (or TAESD files, or an MLX checkpoint) to MLX, in the layout
+`checkpoint_format` describes."""
 
 from __future__ import annotations
 
@@ -21,6 +12,8 @@ from pathlib import Path
 import mlx.core as mx
 
 from .. import __version__
+from ..checkpoint_format import (COMPONENTS, DTYPES, FORMAT_NAME, FORMAT_VERSION, RECORD_NAME, REQUIRED, WEIGHTS_NAME,
+                                 component_plan, read_record)
 from ..errors import MusicvizError
 from ..models import AutoencoderTiny, TinyVAEConfig, build_model, class_name_of
 from ..models.configs import read_json
@@ -39,13 +32,6 @@ from ..weights import (
 from . import keymaps
 from .hub import resolve_source
 
-FORMAT_NAME = "mlx-musicviz"
-FORMAT_VERSION = 2  # 2: quantized components
-RECORD_NAME = "musicviz.json"
-WEIGHTS_NAME = "model.safetensors"
-# Pipeline components: the three the one-step pipeline needs, and the optional large VAE.
-COMPONENTS = ("text_encoder", "unet", "vae", "vae_large")
-REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")
 # Quantized by default when bits are asked for; the 1.2 M-parameter tiny VAE stays float.
 DEFAULT_QUANTIZED = ("text_encoder", "unet", "vae_large")
 KEY_FUNCTIONS = {
@@ -54,40 +40,6 @@ KEY_FUNCTIONS = {
     "AutoencoderTiny": keymaps.tiny_vae_key,
     "AutoencoderKL": keymaps.kl_vae_key,
 }
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-
-
-def read_record(folder: Path) -> dict | None:
-    """The conversion record of an MLX checkpoint folder, or None for other folders."""
-    path = Path(folder) / RECORD_NAME
-    if not path.exists():
-        return None
-    record = read_json(path)
-    if record.get("format") != FORMAT_NAME:
-        raise MusicvizError(f"{path} is not an {FORMAT_NAME} record")
-    if int(record.get("version", 0)) > FORMAT_VERSION:
-        raise MusicvizError(f"{path} was written by a newer mlx-musicviz (format {record['version']}); upgrade")
-    return record
-
-
-def component_plan(record: dict | None, name: str, where: str = RECORD_NAME) -> QuantizationPlan | None:
-    """The quantization plan of one component, from a checkpoint record (None: float)."""
-    data = (record or {}).get("quantization", {}).get(name)
-    return None if data is None else QuantizationPlan.from_dict(data, f"{where} ({name})")
-
-
-def check_plan_matches(record_plan: QuantizationPlan | None, metadata: dict, path: Path) -> None:
-    """The record and the weights file must describe the same quantization."""
-    stored = metadata.get("quantization")
-    stored = json.loads(stored) if stored else None
-    expected = record_plan.to_dict() if record_plan else None
-    if stored != expected:
-        def say(q):
-            return "float" if q is None else f"{q['bits']}-bit, group size {q['group_size']}, {len(q['modules'])} modules"
-        raise MusicvizError(f"{path} does not match {RECORD_NAME}: the record says {say(expected)}, "
-                            f"the weights say {say(stored)}")
-
-
 def find_weight_files(folder: Path) -> list[Path]:
     """The safetensors file(s) of one component folder; pickles are refused."""
     for stem in ("model", "diffusion_pytorch_model"):

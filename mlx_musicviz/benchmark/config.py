@@ -1,0 +1,132 @@
+"""What a benchmark run measures (`BenchConfig`), what it found (`BenchResult`), and the machine it ran on
+(its device, matmul peak, BLAS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .. import __version__
+from ..errors import MusicvizError
+from ..timing import median_time
+
+
+LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
+COMPONENTS = ("text_encoder", "unet", "vae", "frame")
+LAYER_BURST = 3  # timed calls back to back in one turn of `time_layers`
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+PROMPT = "a lighthouse on a cliff in a storm, oil painting"
+
+
+@dataclass
+class BenchConfig:
+    model: str = "random:sdxs-512-0.9"
+    size: int = 512
+    levels: tuple[str, ...] = ("float32", "8bit", "4bit")
+    batches: tuple[int, ...] = (1, 4)
+    group_size: int = 64
+    runs: int = 3
+    render_seconds: float = 10.0
+    audio: str | None = None  # default: the bundled trumpet clip
+    layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
+    profile: bool = False  # also split the float32 frame's time by kind of work, beside PyTorch's
+    vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
+
+    def check(self) -> None:
+        """Raise MusicvizError for a level, batch size, VAE, number of runs or render length the runner
+        cannot time."""
+        from ..pipeline import VAE_CHOICES
+
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown:
+            raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if self.vae not in VAE_CHOICES:
+            raise MusicvizError(f"unknown VAE {self.vae!r}; choose from {', '.join(VAE_CHOICES)}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise MusicvizError("batch sizes must be at least 1")
+        if self.runs < 1:
+            raise MusicvizError(f"runs must be at least 1 (timed rounds after the warm-up), got {self.runs}")
+        if not 0 <= self.render_seconds < float("inf"):  # nan fails too
+            raise MusicvizError(f"render seconds must be 0 (no render) or more, got {self.render_seconds}")
+
+
+@dataclass
+class BenchResult:
+    config: dict
+    machine: dict
+    matmul_gflops: float = 0.0  # the machine's float32 matmul peak: the best rate any measured BLAS reached
+    matmul_gflops_by_dtype: dict = field(default_factory=dict)  # GPU only: mlx's peak for each half-precision level's dtype
+    matmul_gflops_by: dict = field(default_factory=dict)  # "mlx" (its BLAS) and "pytorch" (in the reference's process)
+    flops: dict = field(default_factory=dict)  # component -> FLOPs per image
+    rows: list = field(default_factory=list)  # one per level x batch
+    reference: list = field(default_factory=list)  # PyTorch rows (float32)
+    reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
+    render: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)  # one per batch x component x distinct layer shape (`time_layers`)
+    profile: list = field(default_factory=list)  # one per batch x kind of work (`profile_frames`)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, default=float)
+
+
+def on_gpu() -> bool:
+    """Whether mlx computes on a GPU (its CUDA or Metal backend) rather than the CPU."""
+    return mx.default_device() != mx.cpu
+
+
+def reference_device() -> str:
+    """The torch device for the PyTorch reference, beside mlx's default device: "cpu", or the GPU
+    ("mps" beside mlx's Metal backend, "cuda" beside its CUDA backend)."""
+    if not on_gpu():
+        return "cpu"
+    return "mps" if sys.platform == "darwin" else "cuda"
+
+
+def tf32_enabled() -> bool:
+    """Whether mlx may run float32 matmuls and convolutions in TF32 on GPUs that have it (CUDA, M5-class
+    Apple GPUs): the environment variable MLX_ENABLE_TF32, on unless "0" (mlx's own default)."""
+    return os.environ.get("MLX_ENABLE_TF32", "1").strip() != "0"
+
+
+def matmul_peak(sizes: tuple[int, ...] | None = None, runs: int = 5, dtype=mx.float32) -> float:
+    """GFLOP/s of mlx's n x n matmul in `dtype`: the best over `sizes` of the median of `runs` calls.
+    Default sizes: 1024-3072 on the CPU, 2048-8192 on a GPU (which smaller products leave idle)."""
+    sizes = sizes or ((2048, 4096, 8192) if on_gpu() else (1024, 2048, 3072))
+    best = 0.0
+    for n in sizes:
+        a = mx.random.normal((n, n), key=mx.random.key(0)).astype(dtype)
+        mx.eval(a)
+        best = max(best, 2 * n**3 / median_time(lambda: mx.eval(a @ a), runs) / 1e9)
+    return best
+
+
+def machine_info() -> dict:
+    from .._blas import blas_provider
+    from .._malloc import keep_freed_memory
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "mlx": mx.__version__, "device": str(mx.default_device()),
+            "gpu": _gpu_name(), "tf32": on_gpu() and tf32_enabled(),
+            "blas": blas_provider(), "malloc_keeps_freed_memory": keep_freed_memory(),
+            "mlx_musicviz": __version__, "python": platform.python_version()}
+
+
+def _gpu_name() -> str | None:
+    """The GPU's name as mlx reports it (None on the CPU backend)."""
+    if not on_gpu():
+        return None
+    try:
+        return str(mx.device_info().get("device_name", "GPU"))
+    except Exception:  # noqa: BLE001 - older mlx or a backend without device_info: the name is only a label
+        return "GPU"
+
+
+def level_peak(result: BenchResult, level: str) -> float:
+    """GFLOP/s of the matmul peak a level is measured against: its dtype's where the run measured one
+    (half precision on a GPU), else float32's (quantized levels compute in float32)."""
+    return result.matmul_gflops_by_dtype.get(level, result.matmul_gflops)
