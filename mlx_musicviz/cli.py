@@ -511,7 +511,7 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
 
 
 # The options `bench --quick` replaces with its own values (naming one of them with --quick is an error).
-_QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds")
+_QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds", "live_seconds", "live_fps")
 
 
 @main.command()
@@ -526,6 +526,10 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds")
               help="Length of the end-to-end render (0: skip).")
 @click.option("--audio", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Audio for the end-to-end render (default: the bundled 5 s trumpet clip, so a render covers at most 5 s).")
+@click.option("--live-seconds", type=float, default=0.0, show_default=True,
+              help="Also play this much of the audio through live mode with a simulated page: frames shown a second, "
+                   "sync error, stalls, latency (0: skip).")
+@click.option("--live-fps", type=float, default=24.0, show_default=True, help="The live scenario's frames per second.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time PyTorch on the same weights (needs the dev extra and a checkout).")
 @click.option("--layers", is_flag=True,
@@ -536,12 +540,13 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds")
 @click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True,
               help="The VAE that decodes: SDXS's tiny one, or the model's large (KL) VAE; quantized levels quantize the large one.")
 @click.option("--quick", is_flag=True,
-              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers and --profile (--vae and --group-size apply).")
+              help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers, --profile and 3 s of live "
+                   "at 8 fps (--vae and --group-size apply).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for results.json, results.md and fps.png.")
 @friendly_errors
-def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, reference, layers, profile, vae, quick,
-          out_dir):
+def bench(model, size, levels, batches, group_size, runs, render_seconds, audio, live_seconds, live_fps, reference, layers,
+          profile, vae, quick, out_dir):
     """Frames per second by precision level and batch size, beside PyTorch and the matmul peak.
 
     \b
@@ -550,6 +555,7 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
       musicviz-mlx bench --model random:sdxs-512-0.9 --levels float32,8bit,4bit --batches 1,4
       musicviz-mlx bench --vae large --levels float32,8bit --batches 1 --render-seconds 0
       musicviz-mlx bench --levels float32 --batches 1 --render-seconds 0 --profile
+      musicviz-mlx bench --model random:tiny --size 128 --levels float32 --batches 1 --live-seconds 10 --live-fps 12
     """
     from .benchmark import BenchConfig, run_benchmark, write_outputs
 
@@ -557,7 +563,7 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
         config = BenchConfig(model=model, size=size, levels=tuple(v.strip() for v in levels.split(",") if v.strip()),
                              batches=tuple(int(b) for b in batches.split(",") if b.strip()),
                              group_size=int(group_size), runs=runs, render_seconds=render_seconds, audio=audio,
-                             layers=layers, profile=profile, vae=vae)
+                             live_seconds=live_seconds, live_fps=live_fps, layers=layers, profile=profile, vae=vae)
     except ValueError:
         raise click.UsageError(f"--batches must be comma-separated integers, not {batches!r}") from None
     if quick:
@@ -567,8 +573,8 @@ def bench(model, size, levels, batches, group_size, runs, render_seconds, audio,
             raise click.UsageError(f"--quick sets its own {', '.join(overridden)}: drop "
                                   f"{'it' if len(overridden) == 1 else 'them'} or drop --quick")
         config = BenchConfig(model="random:tiny", size=128, levels=("float32", "8bit", "4bit"), batches=(1, 2), runs=1,
-                             group_size=int(group_size), render_seconds=2.0, audio=audio, layers=True, profile=True,
-                             vae=vae)
+                             group_size=int(group_size), render_seconds=2.0, audio=audio, live_seconds=3.0,
+                             live_fps=8.0, layers=True, profile=True, vae=vae)
     config.check()
     ref = _torch_reference(config) if reference else None
     if reference and ref is None:

@@ -290,7 +290,13 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
         assert rows["convolution"]["mlx_s"] > 0 and rows["convolution"]["pytorch_s"] > 0
         assert rows["attention core"]["pytorch_s"] > 0 and rows["linear"]["pytorch_s"] > 0
         assert rows["total"]["mlx_s"] == pytest.approx(rows["total"]["rounds_s"]["float32"][0] / batch)
+    # --quick plays 3 s through live mode with a simulated page: it plays to the end, shows frames, never one
+    # ahead of its clock, and no more a second than the song's fps
+    live = data["live"]
+    assert live["played_s"] >= 2.9 and live["shown"] >= 1 and live["sync_min_ms"] >= 0
+    assert live["displayed_fps"] <= 1.05 * live["fps"] and live["generated_fps"] > 0
     md = (out / "results.md").read_text()
+    assert "Live (a simulated page plays the song" in md
     assert "| float32 | 1 |" in md
     assert "| 1 | vae | conv |" in md and "| 2 | unet | other |" in md and "largest gaps" in md
     assert "| 2 | attention core |" in md and "by kind of work" in md

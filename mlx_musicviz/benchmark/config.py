@@ -33,6 +33,8 @@ class BenchConfig:
     runs: int = 3
     render_seconds: float = 10.0
     audio: str | None = None  # default: the bundled trumpet clip
+    live_seconds: float = 0.0  # seconds of a song played through live mode with a simulated page (0: skip)
+    live_fps: float = 24.0  # the live scenario's frames per second
     layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
     profile: bool = False  # also split the float32 frame's time by kind of work, beside PyTorch's
     vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
@@ -53,6 +55,10 @@ class BenchConfig:
             raise MusicvizError(f"runs must be at least 1 (timed rounds after the warm-up), got {self.runs}")
         if not 0 <= self.render_seconds < float("inf"):  # nan fails too
             raise MusicvizError(f"render seconds must be 0 (no render) or more, got {self.render_seconds}")
+        if not 0 <= self.live_seconds < float("inf"):
+            raise MusicvizError(f"live seconds must be 0 (no live scenario) or more, got {self.live_seconds}")
+        if not 1 <= self.live_fps <= 60:
+            raise MusicvizError(f"live fps must be from 1 to 60, got {self.live_fps}")
 
 
 @dataclass
@@ -67,6 +73,7 @@ class BenchResult:
     reference: list = field(default_factory=list)  # PyTorch rows (float32)
     reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
     render: dict = field(default_factory=dict)
+    live: dict = field(default_factory=dict)  # the live scenario (`benchmark.live.bench_live`)
     layers: list = field(default_factory=list)  # one per batch x component x distinct layer shape (`time_layers`)
     profile: list = field(default_factory=list)  # one per batch x kind of work (`profile_frames`)
 

@@ -40,7 +40,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
     (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
-    from .convert.checkpoint import DEFAULT_QUANTIZED
+    from ..convert.checkpoint import DEFAULT_QUANTIZED
     from ..pipeline import load_pipeline
 
     if level in DTYPES:
@@ -178,7 +178,23 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         r = result.render
         log(f"render {r['seconds']:.0f} s of audio: {r['frames']} frames in {r['total_s']:.1f} s; outside the model "
             f"{r['overhead_fraction']:.1%} (" + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items()) + ")")
+    if config.live_seconds > 0:
+        from ..pipeline import load_pipeline
+        from ..rendering import DEMO_AUDIO
+        from .live import bench_live
+
+        result.live = bench_live(load_pipeline(source), config.audio or DEMO_AUDIO, config.size, config.live_fps,
+                                 config.live_seconds)
+        log("live: " + live_summary(result.live))
     return result
+
+
+def live_summary(r: dict) -> str:
+    """One line of the live scenario's figures."""
+    return (f"{r['size'][0]}x{r['size'][1]} at {r['fps']:g} fps: {r['displayed_fps']:.1f} frames shown a second over "
+            f"{r['played_s']:.1f} s played (stride {r['stride']}, cadence {r['cadence']}), sync p95 "
+            f"{r['sync_p95_ms']:.0f} ms, largest gap {r['max_gap_ms']:.0f} ms, {r['stalls']} stalls, playback after "
+            f"{r['waited_s'] or 0:.1f} s, chunk latency {r['chunk_latency_ms'] or 0:.0f} ms")
 
 
 def bench_render(source, config: BenchConfig) -> dict:
