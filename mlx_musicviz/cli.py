@@ -9,6 +9,7 @@ import contextlib
 import functools
 import signal
 import sys
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -192,12 +193,15 @@ def _warn_random(model) -> None:
 
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
     from .pipeline import DEFAULT_MODEL
-    from .rendering import render
     from .note_prompts import read_note_prompts
+    from .rendering import default_output, render
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
+    target = Path(output or default_output(song)).expanduser()
+    if target.is_file() and target.resolve() != Path(song).expanduser().resolve():
+        click.echo(f"warning: {target} exists; the new video replaces it when the render finishes", err=True)
     bar = {}
 
     def progress(done, total):
@@ -366,9 +370,12 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
       musicviz-mlx analyze song.mp3 --live --json live.json   # what live mode would see, as it plays
     """
     if live or json_out:
+        if start is not None or duration is not None:
+            raise click.UsageError("--live follows the whole song as it plays: drop --start and --duration")
         return _analyze_live(song, live, json_out, chart)
     from .audio import analyze as run
     from .audio import beat_summary, counted, short_window
+    from .checks import check_start
     from .walkers import PromptWalkConfig
 
     noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
@@ -376,7 +383,11 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
         from .charts import check_chart_path
 
         check_chart_path(chart)
-    f = run(song, fps=fps, start=start, duration=duration)
+    try:
+        f = run(song, fps=fps, start=start, duration=duration)
+    except MusicvizError:
+        check_start(song, start)  # an empty window: say that the start is past the song's end
+        raise
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, {beat_summary(f)}, "
                f"{counted(len(f.onset_times), 'onset')}, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
     if short_window(f, duration):

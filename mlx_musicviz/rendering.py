@@ -105,6 +105,23 @@ def denoised_latents(pipe, noise_walk: NoiseWalker, prompt_walk: PromptWalker, n
         prev_key, prev_x0 = int(batch[-1]), x0[-1:]
 
 
+def default_output(audio) -> str:
+    """The video's name when none is given: "<song name>.mp4" (or "<song name>-musicviz.mp4" for a song that
+    is itself that .mp4), "musicviz.mp4" for samples."""
+    stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
+    return f"{stem}-musicviz.mp4" if _same_file(f"{stem}.mp4", audio) else f"{stem}.mp4"
+
+
+def _same_file(output, audio) -> bool:
+    """Whether `output` names the file `audio` (a path) is read from."""
+    if not isinstance(audio, (str, os.PathLike)):
+        return False
+    try:
+        return Path(output).expanduser().resolve() == Path(audio).expanduser().resolve()
+    except OSError:
+        return False
+
+
 def render_fingerprint(audio, pipe, **settings) -> dict:
     """Everything a render's frames depend on, for a resumed render to check against: the audio (a
     file's path, size and modification time, or a hash of the samples), the model, the settings."""
@@ -155,9 +172,9 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
     if not isinstance(cadence, (int, np.integer)) or cadence < 1:
         raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
-    if output is None:
-        stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
-        output = f"{stem}.mp4"
+    output = default_output(audio) if output is None else output
+    if _same_file(output, audio):
+        raise MusicvizError(f"the output {output} is the song itself: name another output")
     output = check_video_path(output)
 
     try:

@@ -190,3 +190,25 @@ def test_long_prompt_warns(tmp_path):
             "--duration", "1", "-o", str(tmp_path / "long.mp4"))
     assert r.returncode == 0, r.stderr
     assert "truncated" in r.stderr
+
+
+def test_a_song_that_is_a_video_is_never_overwritten(tmp_path):
+    """A song that is itself an .mp4: the default output is NAME-musicviz.mp4, naming the song as the
+    output is refused in one line, and the song is left as it was; replacing another existing video
+    is said before the render."""
+    import hashlib
+
+    song = tmp_path / "song.mp4"
+    made = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "4",
+               "--duration", "1", "-o", str(song))
+    assert made.returncode == 0, made.stderr
+    digest = hashlib.sha256(song.read_bytes()).hexdigest()
+    args = ["-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "4"]
+    same = cli("render", str(song), *args, "-o", str(song))
+    assert same.returncode == 1 and "is the song itself" in same.stderr.strip().splitlines()[-1], same.stderr
+    kept = cli("render", str(song), *args, cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert (tmp_path / "song-musicviz.mp4").is_file()
+    again = cli("render", str(song), *args, cwd=tmp_path)
+    assert again.returncode == 0 and "warning: song-musicviz.mp4 exists; the new video replaces it" in again.stderr
+    assert hashlib.sha256(song.read_bytes()).hexdigest() == digest

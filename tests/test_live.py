@@ -277,7 +277,8 @@ def test_bad_clients_do_not_stop_the_server_and_mjpeg_serves_frames(tmp_path):
 
 
 def test_another_address_needs_the_token(tmp_path):
-    """Off loopback the URL carries a token, and requests without it are refused."""
+    """Off loopback the URL carries a token and this machine's network address, and requests without the
+    token are refused."""
     with live_server(beat_song(tmp_path / "beat.wav", 4), "--host", "0.0.0.0") as (url, proc):
         assert "?token=" in url
         port = re.search(r":(\d+)/", url)[1]
@@ -288,6 +289,12 @@ def test_another_address_needs_the_token(tmp_path):
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/stats?token=wrong", timeout=10)
         assert get_json(f"http://127.0.0.1:{port}/stats?token={token}")["clients"] == 0
+        # the printed URL names this machine's network address (another screen cannot reach 127.x) and works
+        from mlx_musicviz.realtime.session import lan_address
+
+        host = re.match(r"http://([^:/]+)", url)[1]
+        assert host == (lan_address() or "0.0.0.0") and not host.startswith("127.")
+        assert get_json(stats_url(url))["clients"] == 0
 
 
 def test_bad_input_is_one_line(tmp_path):

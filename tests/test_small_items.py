@@ -96,6 +96,10 @@ def test_a_window_the_songs_end_cuts_short_is_said_and_counts_read_right(tmp_pat
     out = run_cli("analyze", song, "--start", "0.5", "--duration", "4")
     assert out.exit_code == 0 and "warning: the song ends 1.00 s after the start" in out.output
     assert "song ends" not in run_cli("analyze", song, "--duration", "1.5").output
+    late = run_cli("analyze", song, "--start", "5")
+    assert late.exit_code == 1 and "start 5 s is past the end of the song, which is 1.500 s long" in late.output
+    live = run_cli("analyze", song, "--live", "--start", "0.5")
+    assert live.exit_code == 2 and "drop --start and --duration" in live.output
     from mlx_musicviz.audio import counted
 
     assert (counted(1, "onset"), counted(0, "onset"), counted(2, "beat")) == ("1 onset", "0 onsets", "2 beats")

@@ -50,7 +50,7 @@ def _beats(onset_env: np.ndarray, whole_env: np.ndarray, sr: int, seconds: float
     if not onset_env.any():
         return 0.0, np.zeros(0, dtype=int), 0.0
     confidence = min(beat_confidence(onset_env, sr), beat_confidence(whole_env, sr))
-    if confidence < STEADY_BEAT and seconds >= PULSE_EVIDENCE:
+    if confidence < (STEADY_BEAT if seconds >= PULSE_EVIDENCE else NO_PULSE):
         return 0.0, np.zeros(0, dtype=int), confidence
     tempo = _tempo(onset_env, sr)
     beats = track_beats(onset_env, tempo, sr / HOP)
@@ -149,7 +149,8 @@ def onset_salience(onset_env: np.ndarray, onsets: np.ndarray) -> np.ndarray:
 
 
 STEADY_BEAT = 0.2  # beat confidence below which there is no steady beat (noise and drones: 0.13 to 0.17)
-PULSE_EVIDENCE = 16.0  # seconds: a shorter signal keeps its beats whatever its confidence (two windows)
+PULSE_EVIDENCE = 16.0  # seconds: below this (two windows) a short clip of music can read as low as noise ...
+NO_PULSE = 0.1  # ... so a shorter signal loses its beats only below this (tones, sweeps, held chords: 0; noise 0.14)
 
 
 def beat_confidence(onset_envelope: np.ndarray, sr: int = SAMPLE_RATE, hop_length: int = HOP) -> float:

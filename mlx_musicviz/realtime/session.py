@@ -49,11 +49,21 @@ def shown_host(host: str) -> str:
     if host in ("127.0.0.1", "localhost"):
         return "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return host
+        return lan_address() or host
     return host
+
+
+def lan_address() -> str | None:
+    """This machine's address on the network it would reach others through (a UDP socket's source
+    address for a route outward: nothing is sent), or None without a route. The host name's address
+    is often 127.0.0.1 or 127.0.1.1, which no other screen can reach."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: any routable address picks the outward interface
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def apply_change(generator: Generator, name, value) -> str | None:
@@ -162,6 +172,11 @@ def _serve(loop, state, generator, path, host, port, open_browser, osc_port, on_
             failed.append(e)
         finally:
             listening.set()
+            # handlers the shutdown cut short (open pages, streams) end here, not as "destroyed but pending"
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     osc = None
