@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -92,16 +91,29 @@ def mel_basis(p: MelParams) -> np.ndarray:
 
 
 def mel_magnitude(y: np.ndarray, p: MelParams) -> np.ndarray:
-    """(n_mels, frames) mel magnitudes (power 1) of mono samples `y` at p.sample_rate.
+    """(n_mels, frames) mel magnitudes (power 1) of mono samples `y` at p.sample_rate: librosa's centred
+    STFT (zero padding), then the mel filters."""
+    return np.concatenate([mel for _, mel in mel_tiles(y, p)], axis=1)
 
-    A file shorter than n_fft is padded with silence by the STFT; librosa's warning that says so
-    would land in the middle of the `mels` progress line, so it is silenced (as audio.analyze does)."""
+
+def mel_tiles(y: np.ndarray, p: MelParams):
+    """(first frame, (n_mels, up to p.tile_width frames) mel magnitudes) for each tile of `y`, as
+    `mel_magnitude` gives them, one tile's STFT at a time: a song's spectrogram is never held whole.
+
+    Frame t of librosa's centred STFT is the window at sample t * hop of the signal padded with n_fft // 2
+    zeros each side; a tile's frames are the uncentred STFT of their stretch of that padded signal."""
     import librosa
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        stft = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length))
-    return mel_basis(p) @ stft
+    basis = mel_basis(p)
+    half = p.n_fft // 2
+    padded = np.pad(np.asarray(y, np.float32), half)
+    frames = 1 + len(y) // p.hop_length
+    for start in range(0, frames, p.tile_width):
+        stop = min(frames, start + p.tile_width)
+        stretch = padded[start * p.hop_length:(stop - 1) * p.hop_length + p.n_fft]
+        stft = np.abs(librosa.stft(stretch, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length,
+                                   center=False))
+        yield start, basis @ stft
 
 
 def to_unit(mel: np.ndarray, p: MelParams) -> np.ndarray:
@@ -130,20 +142,19 @@ def audio_to_images(samples: np.ndarray, p: MelParams, name: str = "") -> list[t
     p.check()
     samples = np.atleast_2d(finite_samples(samples))
     channels = [samples[0], samples[min(1, len(samples) - 1)]] if p.stereo else [samples.mean(axis=0)]
-    mels = [mel_magnitude(c, p) for c in channels]
-    peak = max(float(m.max()) for m in mels)
+    # two passes over the tiles, one STFT tile at a time: the song's peak first (the level the tiles record)
+    peak = max(float(mel.max(initial=0.0)) for c in channels for _, mel in mel_tiles(c, p))
     if p.scale == "db" and p.ref_db is None:
         p = replace(p, ref_db=float(20 * np.log10(max(peak, 1e-10))))
     if p.scale == "power" and p.max_value is None:
         p = replace(p, max_value=max(peak, 1e-10))
-    planes = [to_unit(m, p) for m in mels]
-    frames = planes[0].shape[1]
     images = []
-    for index, start in enumerate(range(0, max(frames, 1), p.tile_width)):
+    for index, tiles in enumerate(zip(*(mel_tiles(c, p) for c in channels))):
+        planes = [to_unit(mel, p) for _, mel in tiles]
+        valid = planes[0].shape[1]
         tile = np.zeros((len(planes), p.n_mels, p.tile_width))
-        valid = min(p.tile_width, frames - start)
         for c, plane in enumerate(planes):
-            tile[c, :, :valid] = plane[:, start:start + valid]
+            tile[c, :, :valid] = plane
         pixels = np.round(tile * 255).astype(np.uint8)
         if p.inverted:
             pixels = 255 - pixels

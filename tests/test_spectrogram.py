@@ -132,3 +132,20 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
                                   ("--hop", str(10**20), "at most 1048576")):
         one_line_error(cli("mels", str(wav), str(tmp_path / "big"), option, value), needle)
         assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize("preset", ["default", "riffusion"])
+def test_tiles_are_computed_a_tile_at_a_time_as_the_whole_spectrogram(preset):
+    """`mel_tiles` (one STFT tile at a time, so a long song's spectrogram is never held whole) equals the
+    mel filters over librosa's STFT of the whole signal, across tile edges and a short last tile."""
+    import librosa
+
+    from mlx_musicviz.spectrogram import mel_basis, mel_tiles
+
+    p = replace(PRESETS[preset], tile_width=37)
+    y = np.random.default_rng(4).standard_normal(p.hop_length * 200 + 123).astype(np.float32) * 0.1
+    whole = mel_basis(p) @ np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length))
+    tiles = list(mel_tiles(y, p))
+    assert [start for start, _ in tiles] == list(range(0, whole.shape[1], 37))
+    got = np.concatenate([mel for _, mel in tiles], axis=1)
+    assert got.shape == whole.shape and np.linalg.norm(got - whole) / np.linalg.norm(whole) < 1e-6
