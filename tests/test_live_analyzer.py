@@ -139,6 +139,16 @@ def tone(freq, seconds=2.0, amplitude=0.5):
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def test_held_chords_give_no_beats_or_onsets():
+    """A held chord's partials beat slowly; the onset strength ripples (about 0.12 dB), which the beat
+    tracker would follow as a steady beat (36 beats at 86 BPM in 30 s before the gate): nothing after the
+    chord's start."""
+    t = np.arange(30 * SR) / SR
+    chord = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 261.63, 329.63)) * np.minimum(1.0, t / 0.5)
+    live = analyze_live((chord.astype(np.float32), SR))  # only its start (a fade-in over 0.5 s) may count
+    assert max(live["beat_times"], default=0.0) < 2.5 and max(live["onset_times"], default=0.0) < 1.0, live
+
+
 def test_levels_bands_and_chroma():
     _, frames = run(np.concatenate([tone(110.0), tone(440.0 * 2 ** (3 / 12)), tone(6000.0), np.zeros(SR, np.float32)]))
     low, c5, high, quiet = (min(frames, key=lambda f: abs(f.time - t)) for t in (1.5, 3.5, 5.5, 6.9))

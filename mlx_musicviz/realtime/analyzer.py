@@ -32,6 +32,8 @@ from ..errors import MusicvizError
 MIN_RATE, MAX_RATE = 8000, 384000  # sample rates (Hz) the analyzer accepts
 N_FFT = 2048  # analysis window at SAMPLE_RATE (samples): 93 ms, as audio.analyze
 N_MELS = 128  # mel bands of the onset strength, as librosa.onset.onset_strength
+MIN_PULSE_RISE = 0.5  # dB: the least onset strength of an onset, and of one in the last 2 s for a beat
+#                       (held chords: about 0.12 at most; the test recordings' 2 s windows: 1.35 or more)
 TOP_DB = 80.0  # log-mel floor below the loudest frame so far (dB), as librosa's ref=np.max
 SILENCE_RMS = 1e-3  # RMS (full scale 1) below which normalised levels read as silence: -60 dBFS
 
@@ -276,6 +278,7 @@ class CausalAnalyzer:
         self.gains = {"rms": _Gain(minute / 4, SILENCE_RMS), "onset": _Gain(minute / 4, 1.0),
                       **{name: _Gain(minute / 4, SILENCE_RMS) for name in BANDS}}
         self.recent_rms = np.zeros(int(round(2 * self.frame_rate)))  # the last 2 s, for beat gating
+        self.recent_onset = np.zeros(len(self.recent_rms))  # the onset strength of the last 2 s, likewise
         self.onset_mean = 0.0  # running mean of the onset strength (about 0.2 s)
         self.onset_refractory = 0  # frames until another onset may start
         self.frames_done = 0
@@ -326,7 +329,8 @@ class CausalAnalyzer:
         bpm = self.tempo_tracker.update(onset - self.onset_mean)
         period = 60.0 * self.frame_rate / bpm if bpm > 0 else 0.0
         self.recent_rms = np.concatenate([self.recent_rms[1:], [rms]])
-        beat = self.beats.update(onset, period) and self._active()
+        self.recent_onset = np.concatenate([self.recent_onset[1:], [onset]])
+        beat = self.beats.update(onset, period) and self._active() and self._pulsing()
         if beat:
             self.beat_times.append(time)
         onset_event = self._onset_event(onset)
@@ -343,13 +347,18 @@ class CausalAnalyzer:
         """Whether the last 2 s held sound: beats are not emitted in silence."""
         return float(self.recent_rms.max()) >= SILENCE_RMS / 10
 
+    def _pulsing(self) -> bool:
+        """Whether the last 2 s held a real onset (a rise of MIN_PULSE_RISE dB or more): a held chord's
+        slowly beating partials rise about 0.12 dB and would otherwise be tracked as a steady beat."""
+        return float(self.recent_onset.max()) >= MIN_PULSE_RISE
+
     def _onset_event(self, onset: float) -> bool:
         """An onset starts where the onset strength rises well above its running mean (no peak
         picking: that would wait for the next frame)."""
         threshold = self.onset_mean + 0.1 * self.gains["onset"].peak
         self.onset_mean += 0.05 * (onset - self.onset_mean)
         self.onset_refractory -= 1
-        if onset > threshold and self.onset_refractory <= 0 and self._active():
+        if onset > max(threshold, MIN_PULSE_RISE) and self.onset_refractory <= 0 and self._active():
             self.onset_refractory = int(round(0.05 * self.frame_rate))
             return True
         return False
