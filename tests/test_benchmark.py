@@ -332,7 +332,7 @@ def test_bench_with_the_large_vae_times_it_on_both_sides():
     import mlx.core as mx
 
     from mlx_musicviz.benchmark import BenchConfig, markdown, run_benchmark
-    from mlx_musicviz.cli import _torch_reference
+    from mlx_musicviz.commands.bench import _torch_reference
 
     config = BenchConfig(model="random:tiny", size=128, levels=("float32", "4bit"), batches=(1,), runs=1,
                          render_seconds=0, layers=True, vae="large")

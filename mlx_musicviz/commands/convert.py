@@ -1,0 +1,44 @@
+"""`musicviz-mlx convert`: a diffusers folder, hub id or MLX checkpoint to an MLX checkpoint."""
+
+from __future__ import annotations
+
+
+import click
+
+from ..cli import (friendly_errors, main)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", required=False)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="Storage dtype of the converted weights (auto keeps the source's).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a repo id.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+              help="Weights sharing one scale and bias.")
+@click.option("--quantize", "quantize_components", default="text_encoder,unet,vae_large", show_default=True,
+              help="Comma-separated components to quantize (add vae for the tiny VAE).")
+@click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
+@friendly_errors
+def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed):
+    """Convert SRC (a diffusers folder, a hub repo id, or an MLX checkpoint) into an MLX checkpoint DST.
+
+    DST defaults to weights/<name of SRC>.
+
+    \b
+    Examples:
+      musicviz-mlx convert IDKiro/sdxs-512-0.9
+      musicviz-mlx convert ./sdxs-512-dreamshaper weights/dreamshaper --dtype float16
+      musicviz-mlx convert weights/sdxs-512-0.9 weights/sdxs-512-0.9-q4 --bits 4 --mixed
+    """
+    from pathlib import Path
+
+    from ..convert import convert_checkpoint
+
+    if dst is None:
+        dst = Path("weights") / Path(src.rstrip("/")).name.replace(":", "-")  # random:tiny -> random-tiny
+    quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
+    out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
+                             group_size=int(group_size), quantize=quantize, mixed=mixed)
+    click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size})" if bits else ""))
