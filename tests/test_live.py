@@ -140,6 +140,23 @@ def test_a_slow_generator_buffers_the_whole_hold_so_the_page_starts():
     assert gen.hold() > 1.0  # longer than the look-ahead (0.5 s) and the least hold
 
 
+def test_a_paused_page_gets_the_frame_at_its_playhead_even_if_skipped_while_playing():
+    """While playing, the generator skips frames it cannot make in time; when the page then pauses on
+    one of them (the buffer ran dry), that frame is made first, so the buffer fills and playback goes on
+    (it made only later frames, the buffer stayed empty and the page waited for ever: CI saw it)."""
+    from mlx_musicviz.realtime.engine import Generator
+
+    frames = SlowFrames(n_frames=400, fps=12, rate=1000)
+    frames.stride = 4
+    gen = Generator(frames, publish=lambda index, jpeg: None)
+    gen.made = {0, 4, 8, 12, 20, 24}  # 16 was skipped while playing
+    gen.follow(19.9 / 12, playing=False)  # the page paused at frame 19, whose keyframe is 16
+    assert gen.buffered() == 0.0
+    for _ in range(20):
+        gen.step()
+    assert 16 in gen.made and gen.buffered() >= gen.hold()
+
+
 def chromium():
     """Debian's headless Chromium through selenium, autoplay allowed."""
     webdriver = pytest.importorskip("selenium.webdriver")

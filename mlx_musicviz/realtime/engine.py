@@ -256,11 +256,14 @@ class Generator:
         self._wake.set()
 
     def next_frame(self) -> int:
-        """The first frame to make: from the playhead on (while playing, from when a chunk made now
-        would be ready), on the pace's stride, not made yet."""
+        """The first frame to make, on the pace's stride, not made yet: while playing, from when a chunk
+        made now would be ready; paused, from the frame shown at the playhead (a frame skipped while
+        playing, there, would leave the buffer empty and the page waiting for ever)."""
         fps, stride = self.frames.fps, self.frames.stride
-        start = self.playhead + (1.5 * self.latency if self.playing else 0.0)
-        k = int(np.ceil(start * fps - 1e-6) // stride * stride)
+        if self.playing:  # the first that can still be made before it is due
+            k = int(np.ceil((self.playhead + 1.5 * self.latency) * fps - 1e-6) // stride * stride)
+        else:  # paused or holding: the frame the page shows now, then on (as `buffered` counts them)
+            k = int(self.playhead * fps) // stride * stride
         with self._made_lock:
             while k < self.frames.n_frames and k in self.made:
                 k += stride
