@@ -9,9 +9,8 @@ import os
 
 import numpy as np
 
-from .audio import MAX_FPS, MIN_FPS, is_sample_pair, load_audio
+from .audio import MAX_FPS, MIN_FPS, is_sample_pair
 from .errors import MusicvizError
-
 
 # The largest frame: the UNet's self-attention at its first level holds (pixels / 64)^2 float32
 # weights a head (1 GiB at 1024x1024; 16 GiB at 2048x2048), and SDXS-512 was trained at 512x512.
@@ -62,17 +61,6 @@ def check_fps(fps) -> None:
         raise MusicvizError(f"fps must be a number (frames per second), not {type(fps).__name__} {fps!r}")
     if not MIN_FPS <= fps <= MAX_FPS:  # nan fails both comparisons
         raise MusicvizError(f"fps must be from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
-
-
-def check_start(audio, start: float | None) -> None:
-    """Raise MusicvizError if `start` (seconds) is at or past the end of the song `audio`, naming the
-    song's length. Decodes the song: for explaining an empty window, after the analysis found one."""
-    if start is None:
-        return
-    y, rate = load_audio(audio)
-    if start >= len(y) / rate:
-        raise MusicvizError(f"audio is too short: start {start:g} s is past the end of the song, which is "
-                            f"{len(y) / rate:.3f} s long")
 
 
 def check_inputs(prompt, seed, size, batch_size: int, note_prompts=None, section_prompts=None) -> tuple[int, int]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .errors import MusicvizError
 
-
 # The longest name written beside an output NAME is a render's lock, ".NAME.parts.lock": 12 bytes more.
 BESIDE_NAME_EXTRA = 12
 

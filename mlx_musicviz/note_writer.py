@@ -82,8 +82,8 @@ def write_note_prompts(prompt: str, model: str = DEFAULT_NOTE_WRITER, *, tempera
     attempts: replies that miss a note are asked again, sampling at 0.7 or more, this many times in all.
     Raises MusicvizError (mlx-lm missing, model not found or unreadable, no complete reply).
     """
-    from .convert.hub import resolve_source  # here, not above: the CLI imports this module at start
     from .checks import check_prompt
+    from .convert.hub import resolve_source  # here, not above: the CLI imports this module at start
 
     check_prompt(prompt)
     if attempts < 1:

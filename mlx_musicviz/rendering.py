@@ -20,12 +20,12 @@ import mlx.core as mx
 import numpy as np
 
 from .audio import analyze, short_window
+from .checks import check_audio, check_fps, check_inputs, frame_size
 from .errors import MusicvizError
-from .checks import check_audio, check_fps, check_inputs, check_start, frame_size
+from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL, load_pipeline
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker
-from .note_prompts import default_note_prompts
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
 # A segment of the video is kept (and an interrupted render resumes after it) every 10 s of video
@@ -109,10 +109,10 @@ def default_output(audio) -> str:
     """The video's name when none is given: "<song name>.mp4" (or "<song name>-musicviz.mp4" for a song that
     is itself that .mp4), "musicviz.mp4" for samples."""
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "musicviz"
-    return f"{stem}-musicviz.mp4" if _same_file(f"{stem}.mp4", audio) else f"{stem}.mp4"
+    return f"{stem}-musicviz.mp4" if same_file(f"{stem}.mp4", audio) else f"{stem}.mp4"
 
 
-def _same_file(output, audio) -> bool:
+def same_file(output, audio) -> bool:
     """Whether `output` names the file `audio` (a path) is read from."""
     if not isinstance(audio, (str, os.PathLike)):
         return False
@@ -173,15 +173,11 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     if not isinstance(cadence, (int, np.integer)) or cadence < 1:
         raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
     output = default_output(audio) if output is None else output
-    if _same_file(output, audio):
+    if same_file(output, audio):
         raise MusicvizError(f"the output {output} is the song itself: name another output")
     output = check_video_path(output)
 
-    try:
-        features = analyze(audio, fps=fps, start=start, duration=duration)
-    except MusicvizError:
-        check_start(audio, start)  # an empty window: say that the start is past the song's end
-        raise
+    features = analyze(audio, fps=fps, start=start, duration=duration)
     times["analysis"] = time.perf_counter() - t0
 
     t = time.perf_counter()

@@ -13,12 +13,12 @@ import mlx.core as mx
 import numpy as np
 
 from .audio import NOTE_NAMES
+from .checks import check_inputs, frame_size
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
-from .pipeline import DEFAULT_MODEL, load_pipeline
-from .checks import check_inputs, frame_size
-from .walkers import circle_noise
 from .note_prompts import default_note_prompts
+from .pipeline import DEFAULT_MODEL, load_pipeline
+from .walkers import circle_noise
 
 SHEET_COLUMNS = 4
 LABEL_HEIGHT = 24  # pixels of caption under each tile of a sheet

@@ -1,13 +1,19 @@
-"""Helpers shared by the render tests: the bundled trumpet loop, the CLI in a subprocess, a video's
-frames, and a pipeline that counts its UNet calls."""
+"""Helpers shared by the render tests: the bundled trumpet loop, a beeping test tone, the CLI in a
+subprocess or in this process, a video's frames, and a pipeline that counts its UNet calls."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import numpy as np
+import soundfile
+from click.testing import CliRunner
 from reference import DATA
 
+from mlx_musicviz import cli as cli_module
+
+RATE = 44100
 TRUMPET = DATA / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
 
 
@@ -48,3 +54,24 @@ def refused(tmp_path, args, needle):
     assert "Traceback" not in r.stderr
     assert not target.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial.mp4")]
+
+
+def beeps(seconds: float) -> np.ndarray:
+    """A 440 Hz tone switched on and off 4 times a second, at RATE."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.4 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32)
+
+
+def wav(path: Path, seconds: float) -> str:
+    soundfile.write(path, beeps(seconds), RATE)
+    return str(path)
+
+
+def run_cli(*args):
+    """The CLI in this process (click's runner): .exit_code, .output, .stderr."""
+    return CliRunner().invoke(cli_module.main, [str(a) for a in args])
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -1,11 +1,11 @@
 """The CPU fast paths of GELU, SiLU and softmax against float64 (they replace mlx's scalar exp/erf)."""
 
-import mlx_musicviz  # noqa: F401  (first, as users do: the BLAS preload)
 import mlx.core as mx
 import numpy as np
 import pytest
 from scipy.special import erf
 
+import mlx_musicviz  # noqa: F401  (first, as users do: the BLAS preload)
 from mlx_musicviz.ops import attention, gelu, on_cpu, sdpa, silu
 
 

@@ -6,11 +6,12 @@ import os
 import av
 import numpy as np
 import pytest
-from render_helpers import TRUMPET, cli, refused
+from render_helpers import RATE, TRUMPET, beeps, cli, error_lines, refused, run_cli, wav
 
 from mlx_musicviz import render
 from mlx_musicviz.audio import load_audio
 from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.rendering import RANDOM_WEIGHTS_WARNING
 from mlx_musicviz.video import soundtrack
 
 
@@ -212,3 +213,84 @@ def test_a_song_that_is_a_video_is_never_overwritten(tmp_path):
     again = cli("render", str(song), *args, cwd=tmp_path)
     assert again.returncode == 0 and "warning: song-musicviz.mp4 exists; the new video replaces it" in again.stderr
     assert hashlib.sha256(song.read_bytes()).hexdigest() == digest
+
+
+def test_a_start_past_the_end_says_so_and_names_the_length(tmp_path, pipe):
+    with pytest.raises(MusicvizError) as e:
+        render((beeps(1.5), RATE), "x", output=tmp_path / "v.mp4", pipeline=pipe, size=64, start=7)
+    assert "start 7 s is past the end of the song" in str(e.value) and "1.500 s long" in str(e.value)
+    song = wav(tmp_path / "song.wav", 1.25)
+    result = run_cli("render", song, "-p", "x", "--model", "random:tiny", "--size", "64", "--start", "3",
+                     "-o", tmp_path / "v.mp4")
+    assert result.exit_code == 1
+    [line] = error_lines(result)
+    assert "past the end" in line and "1.250 s long" in line, line
+    # a start inside the song but less than a frame before its end is still "less than one frame"
+    with pytest.raises(MusicvizError, match="less than one frame"):
+        render((beeps(1.5), RATE), "x", output=tmp_path / "v.mp4", pipeline=pipe, size=64, start=1.49)
+
+
+def test_a_window_the_songs_end_cuts_short_is_said_and_counts_read_right(tmp_path, pipe):
+    result = render((beeps(1.5), RATE), "x", output=tmp_path / "v.mp4", pipeline=pipe, size=64, fps=8, start=0.5,
+                    duration=4)
+    assert result.frames == 8
+    assert "the song ends 1.00 s after the start: the window is that long, not 4 s" in result.warnings
+    full = render((beeps(1.5), RATE), "x", output=tmp_path / "w.mp4", pipeline=pipe, size=64, fps=8, duration=1.5)
+    assert not [w for w in full.warnings if "song ends" in w]
+    song = wav(tmp_path / "song.wav", 1.5)
+    out = run_cli("analyze", song, "--start", "0.5", "--duration", "4")
+    assert out.exit_code == 0 and "warning: the song ends 1.00 s after the start" in out.output
+    assert "song ends" not in run_cli("analyze", song, "--duration", "1.5").output
+    late = run_cli("analyze", song, "--start", "5")
+    assert late.exit_code == 1 and "start 5 s is past the end of the song, which is 1.500 s long" in late.output
+    live = run_cli("analyze", song, "--live", "--start", "0.5")
+    assert live.exit_code == 2 and "drop --start and --duration" in live.output
+    from mlx_musicviz.audio import counted
+
+    assert (counted(1, "onset"), counted(0, "onset"), counted(2, "beat")) == ("1 onset", "0 onsets", "2 beats")
+
+
+def test_the_random_warning_is_said_after_the_render_not_before_an_input_error(tmp_path):
+    song = wav(tmp_path / "song.wav", 0.25)
+    bad = run_cli("render", song, "-p", "x", "--model", "random:tiny", "--size", "64", "-o", tmp_path / "v.avi")
+    assert bad.exit_code == 1 and len(error_lines(bad)) == 1
+    assert "random weights" not in bad.stderr, bad.stderr
+    good = run_cli("render", song, "-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "8",
+                   "-o", tmp_path / "v.mp4")
+    assert good.exit_code == 0, good.output
+    assert good.stderr.count(f"warning: {RANDOM_WEIGHTS_WARNING}") == 1, good.stderr
+    assert good.stderr.index("random weights") > good.stderr.index("frames"), good.stderr  # after the progress
+
+
+def test_note_prompts_naming_a_folder_is_one_line_and_exit_1(tmp_path):
+    song = wav(tmp_path / "song.wav", 0.25)
+    result = run_cli("render", song, "-p", "x", "--model", "random:tiny", "--note-prompts", tmp_path,
+                     "-o", tmp_path / "v.mp4")
+    assert result.exit_code == 1, result.output
+    [line] = error_lines(result)
+    assert f"cannot read note prompts from {tmp_path}" in line, line
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"fps": "30"}, "fps must be a number (frames per second), not str '30'"),
+    ({"audio": beeps(0.5)}, "audio must be a file's path or a (samples, sample_rate) pair, not an array of shape"),
+    ({"prompt": 5}, "the prompt must be text (a str), not int"),
+])
+def test_api_inputs_of_the_wrong_type_are_one_clear_error(tmp_path, pipe, change, needle):
+    args = {"audio": (beeps(0.5), RATE), "prompt": "x", "fps": 8, **change}
+    with pytest.raises(MusicvizError) as e:
+        render(args.pop("audio"), args.pop("prompt"), output=tmp_path / "v.mp4", pipeline=pipe, size=64, **args)
+    assert needle in str(e.value)
+
+
+def test_api_progress_and_sample_rates_that_cannot_work_are_one_line(tmp_path):
+    """A progress that is not a function, a (rate, samples) pair the wrong way round and a rate that is
+    not a whole number are refused before any work, in one line (no array dumped into it)."""
+    y = np.zeros(22050, np.float32)
+    for kwargs, audio, needle in ((dict(progress=False), (y, 22050), "progress must be a function"),
+                                  ({}, (22050, y[None]), "got an array of shape (1, 22050)"),
+                                  ({}, (y, 44100.5), "got 44100.5")):
+        with pytest.raises(MusicvizError) as e:
+            render(audio, "x", output=tmp_path / "v.mp4", model="random:tiny", size=64, **kwargs)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "v.mp4").exists()

@@ -81,7 +81,6 @@ def test_the_pytorch_side_times_each_layer_shape_as_mlx_runs_it():
     upsampler's convolution included, nearest upsampling first."""
     import mlx.core as mx
     import torch
-
     from torch_reference import _layer_call, layer_request
 
     pipe = Pipeline.random("tiny")
@@ -168,10 +167,9 @@ def test_the_reference_runs_where_mlx_runs_and_waits_for_its_work(monkeypatch):
     timing the CPU in its place."""
     import mlx.core as mx
     import torch
+    import torch_reference
 
     from mlx_musicviz.benchmark import BenchResult, level_peak, machine_info, reference_device, tf32_enabled
-
-    import torch_reference
 
     info = machine_info()
     if mx.default_device() == mx.cpu:

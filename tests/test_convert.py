@@ -1,14 +1,19 @@
 """The converter: layout, record, and one-line errors for bad sources."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
+import mlx.core as mx
+import numpy as np
 import pytest
+from render_helpers import run_cli
 
 from mlx_musicviz import MusicvizError
 from mlx_musicviz.convert import convert_checkpoint, read_record
+from mlx_musicviz.pipeline import load_pipeline
 
 
 def cli(*args):
@@ -92,3 +97,28 @@ def test_failed_conversion_keeps_an_existing_checkpoint(small_checkpoint, tmp_pa
     with pytest.raises(MusicvizError):
         convert_checkpoint(src, good)
     assert (good / "unet" / "model.safetensors").read_bytes() == before
+
+
+@pytest.fixture
+def umask_002():
+    """A umask other than the usual 022, so that modes that follow it are told from fixed ones."""
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
+
+
+def test_convert_random_tiny_writes_a_checkpoint_with_its_weights_and_plain_modes(tmp_path, umask_002):
+    dst = tmp_path / "random-tiny"
+    result = run_cli("convert", "random:tiny", dst)
+    assert result.exit_code == 0, result.output
+    loaded, random = load_pipeline(dst), load_pipeline("random:tiny")
+    assert loaded.record["source"] == "random:tiny" and loaded.is_random
+    latents = mx.random.normal(random.latent_shape(64, 64, 2), key=mx.random.key(3))
+    for vae in ("tiny", "large"):
+        expected = np.array(random.generate(latents, random.encode_prompt("a red fox"), vae))
+        assert np.array_equal(np.array(loaded.generate(latents, loaded.encode_prompt("a red fox"), vae)), expected)
+    # as a plain mkdir / open with umask 002 makes them (mkdtemp made the checkpoint 0700)
+    for folder, _, files in os.walk(dst):
+        assert os.stat(folder).st_mode & 0o777 == 0o775, folder
+        for name in files:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o664, name

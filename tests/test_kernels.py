@@ -1,4 +1,4 @@
-"""The C++ kernels (mlx_musicviz.kernels; GroupNorm's against float64 and PyTorch in test_layers.py). The fused Winograd convolution: built where CI runs, against mlx's and
+"""The C++ kernels (mlx_musicviz.ops.kernels; GroupNorm's against float64 and PyTorch in test_layers.py). The fused Winograd convolution: built where CI runs, against mlx's and
 PyTorch's convolutions on every case its blocking has (tile and channel tails, several output chunks,
 batches, the upsampled input, the epilogue), taken by the layers that should take it, and the fallback
 when it cannot be built."""
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
-from mlx_musicviz import kernels, ops
+from mlx_musicviz import ops
 from mlx_musicviz.models import layers
+from mlx_musicviz.ops import kernels
 
 pytestmark = pytest.mark.usefixtures("cpu_device", "kernels_used")
 
@@ -307,7 +308,7 @@ def test_geglu_refuses_what_it_does_not_compute(monkeypatch):
 
 def _kernels_in_a_fresh_process(tmp_path, **env) -> str:
     code = ("import mlx_musicviz, mlx.core as mx\n"
-            "from mlx_musicviz import kernels\n"
+            "from mlx_musicviz.ops import kernels\n"
             "from mlx_musicviz import ops\n"
             "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
             " ops.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")
@@ -348,7 +349,7 @@ def test_the_models_take_the_kernels_only_where_they_are_faster(monkeypatch):
     if not sys.platform.startswith("linux"):
         return
     code = ("import mlx_musicviz, mlx.core as mx\n"
-            "from mlx_musicviz import kernels\n"
+            "from mlx_musicviz.ops import kernels\n"
             "from mlx_musicviz import ops\n"
             "print(kernels.available(), '|', kernels.unavailable_reason(), '|',"
             " ops.conv_path(mx.zeros((1, 256, 256, 64)), mx.zeros((64, 3, 3, 64)), 1, 1))\n")

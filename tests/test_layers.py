@@ -10,7 +10,7 @@ import pytest
 
 import mlx_musicviz  # noqa: F401  (BLAS and allocator set-up before mlx runs)
 from mlx_musicviz.models.layers import Conv2d, LayerNorm, group_norm
-from mlx_musicviz.ops import convolution, conv_path, silu
+from mlx_musicviz.ops import conv_path, convolution, silu
 
 
 def _relative_error_against_mlx(batch, h, w, c, o, bias, path):
@@ -130,7 +130,7 @@ def test_upsample_conv_matches_the_upsampled_convolution(monkeypatch, kind, batc
 
 def _kernel_calls(monkeypatch, name: str) -> list:
     """The input shapes of every call of kernels.<name> from here on (the kernels must be built)."""
-    from mlx_musicviz import kernels
+    from mlx_musicviz.ops import kernels
 
     if not kernels.built():
         pytest.fail(kernels.unavailable_reason())
@@ -142,7 +142,7 @@ def _kernel_calls(monkeypatch, name: str) -> list:
 
 def _without_kernels(monkeypatch) -> list:
     """The pure-mlx paths from here on (as the `without_kernels` fixture); no kernel calls to record."""
-    from mlx_musicviz import kernels
+    from mlx_musicviz.ops import kernels
 
     monkeypatch.setattr(kernels, "available", lambda: False)
     return []

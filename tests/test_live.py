@@ -68,10 +68,10 @@ def test_live_frames_are_the_rendered_videos_frames():
     """With cadence 1 (and 3) a live frame equals the rendered video's frame for the same settings,
     from whatever frame live generation starts at (within float rounding: the batches differ)."""
     from mlx_musicviz.audio import analyze
-    from mlx_musicviz.realtime.engine import PACES, LiveSettings, SongFrames
-    from mlx_musicviz.pipeline import Pipeline
-    from mlx_musicviz.rendering import denoised_latents, make_walkers
     from mlx_musicviz.note_prompts import default_note_prompts
+    from mlx_musicviz.pipeline import Pipeline
+    from mlx_musicviz.realtime.engine import PACES, LiveSettings, SongFrames
+    from mlx_musicviz.rendering import denoised_latents, make_walkers
 
     t = np.arange(SR * 3) / SR
     y = (0.3 * np.sin(2 * np.pi * 330 * t) * (t % 0.5 < 0.1)).astype(np.float32)

@@ -40,9 +40,9 @@ def test_latency_compensation_puts_the_motion_on_the_clicks():
     times the frames are shown (publish time + the page's display latency, on the stream's clock), moves
     fastest within one frame interval of the clicks."""
     import mlx_musicviz  # noqa: F401
+    from mlx_musicviz.pipeline import Pipeline
     from mlx_musicviz.realtime.engine import LiveSettings
     from mlx_musicviz.realtime.follow import DISPLAY_LATENCY, InputFrames, InputGenerator
-    from mlx_musicviz.pipeline import Pipeline
 
     bpm, seconds, block = 60.0, 12.0, 512
     y = clicks(seconds, bpm)

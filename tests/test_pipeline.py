@@ -71,8 +71,13 @@ def test_load_pipeline_converts_a_diffusers_folder_once(small_checkpoint, tmp_pa
 @pytest.mark.slow
 def test_full_size_sdxs09_pipeline_matches_diffusers(tmp_path):
     """sdxs-512-0.9's full architecture (random weights) at 512x512."""
-    from reference import (build_text_encoder, build_tiny_vae, build_unet, read_reference_config,
-                           save_diffusers_checkpoint)
+    from reference import (
+        build_text_encoder,
+        build_tiny_vae,
+        build_unet,
+        read_reference_config,
+        save_diffusers_checkpoint,
+    )
 
     from mlx_musicviz.convert import convert_checkpoint
 

@@ -13,8 +13,14 @@ from reference import rel_l2
 
 from mlx_musicviz import MusicvizError
 from mlx_musicviz.convert import convert_checkpoint, read_record
-from mlx_musicviz.models.quantized import (QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantization_plan,
-                                           quantize, weight_bytes)
+from mlx_musicviz.models.quantized import (
+    QuantizedConv2d,
+    QuantizedEmbedding,
+    QuantizedLinear,
+    quantization_plan,
+    quantize,
+    weight_bytes,
+)
 from mlx_musicviz.ops import unpack
 from mlx_musicviz.pipeline import load_pipeline
 
@@ -177,7 +183,13 @@ def test_mixed_and_per_component_choice(small_checkpoint, tmp_path):
 def test_full_size_sdxs09_unet_size_and_error(tmp_path):
     """sdxs-512-0.9's UNet (random weights built by diffusers): bytes on disk and in memory against
     float16, and the error of the UNet output and the frame against float32, per level."""
-    from reference import build_text_encoder, build_tiny_vae, build_unet, read_reference_config, save_diffusers_checkpoint
+    from reference import (
+        build_text_encoder,
+        build_tiny_vae,
+        build_unet,
+        read_reference_config,
+        save_diffusers_checkpoint,
+    )
 
     te = build_text_encoder(dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=16,
                                  hidden_act="gelu", bos_token_id=0, eos_token_id=2, projection_dim=1024), seed=12)

@@ -8,12 +8,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from reference import DATA
-from render_helpers import TRUMPET, cli, decoded_frames, unet_counting_pipeline
+from render_helpers import RATE, TRUMPET, beeps, cli, decoded_frames, unet_counting_pipeline
 
 from mlx_musicviz import render
 from mlx_musicviz.checks import frame_size
 from mlx_musicviz.errors import MusicvizError
 from mlx_musicviz.note_prompts import default_note_prompts
+from mlx_musicviz.pipeline import Pipeline
+from mlx_musicviz.rendering import RANDOM_WEIGHTS_WARNING
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +202,22 @@ def test_cadence_runs_the_unet_on_keyframes_and_blends_between(tmp_path):
     assert (result.frames, result.keyframes, sum(unet_frames)) == (n, len(keys), len(keys))
     with av.open(str(result.output)) as c:
         assert sum(1 for _ in c.decode(video=0)) == n
+
+
+@pytest.fixture(scope="module")
+def long_prompt_render(tmp_path_factory, pipe):
+    out = tmp_path_factory.mktemp("long") / "long.mp4"
+    return render((beeps(0.25), RATE), "a cat " * 1700, output=out, pipeline=pipe, size=64, fps=8)
+
+
+def test_a_long_prompt_warns_once_naming_how_many_prompts_were_cut(long_prompt_render):
+    cut = [w for w in long_prompt_render.warnings if "truncated" in w]
+    assert len(cut) == 1 and cut[0].startswith("13 of the 13 prompts are longer than 75 tokens"), cut
+
+
+def test_random_weights_are_in_the_results_warnings(long_prompt_render, tmp_path):
+    assert RANDOM_WEIGHTS_WARNING in long_prompt_render.warnings
+    trained = Pipeline.random("tiny")
+    trained.record = {"source": str(tmp_path / "a-trained-model")}  # what a converted checkpoint's record says
+    real = render((beeps(0.25), RATE), "x", output=tmp_path / "real.mp4", pipeline=trained, size=64, fps=8)
+    assert RANDOM_WEIGHTS_WARNING not in real.warnings

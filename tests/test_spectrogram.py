@@ -3,16 +3,24 @@
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 from reference import DATA
+from render_helpers import RATE, run_cli, wav
 
 from mlx_musicviz.audio import decode_file
-from mlx_musicviz.spectrogram import (METADATA_KEY, PRESETS, audio_to_images, images_to_audio, round_trip_metrics,
-                                      save_png)
+from mlx_musicviz.spectrogram import (
+    METADATA_KEY,
+    PRESETS,
+    audio_to_images,
+    images_to_audio,
+    round_trip_metrics,
+    save_png,
+)
 
 AUDIO = DATA / "audio"
 RECORDINGS = sorted(p.name for p in AUDIO.glob("*.ogg"))
@@ -149,3 +157,15 @@ def test_tiles_are_computed_a_tile_at_a_time_as_the_whole_spectrogram(preset):
     assert [start for start, _ in tiles] == list(range(0, whole.shape[1], 37))
     got = np.concatenate([mel for _, mel in tiles], axis=1)
     assert got.shape == whole.shape and np.linalg.norm(got - whole) / np.linalg.norm(whole) < 1e-6
+
+
+def test_mels_of_a_file_shorter_than_the_fft_warns_nothing(tmp_path):
+    (tmp_path / "songs").mkdir()
+    wav(tmp_path / "songs" / "short.wav", 1500 / RATE)  # the default preset's n_fft is 4096
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_cli("mels", tmp_path / "songs", tmp_path / "tiles")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "tiles").iterdir()] == ["short_0000.png"]
+    assert not [str(w.message) for w in caught if "n_fft" in str(w.message)]
+    assert "n_fft" not in result.stderr

@@ -9,9 +9,9 @@ from PIL import Image
 
 from mlx_musicviz import load_pipeline, preview
 from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.note_prompts import default_note_prompts, note_prompts_text
 from mlx_musicviz.stills import LABEL_HEIGHT, SHEET_COLUMNS
 from mlx_musicviz.walkers import circle_noise
-from mlx_musicviz.note_prompts import default_note_prompts, note_prompts_text
 
 PROMPT = "a lighthouse in a storm"
 

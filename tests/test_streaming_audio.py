@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from reference import DATA
 
+from mlx_musicviz.audio import analyze, chroma, decode_file, features, hpss, load_audio, numba_kernels, spectral
 from mlx_musicviz.audio import beats as audio_beats
-from mlx_musicviz.audio import chroma, features, hpss, numba_kernels, spectral
-from mlx_musicviz.audio import analyze, decode_file, load_audio
 from mlx_musicviz.video import soundtrack
 
 SR = 22050

@@ -12,10 +12,28 @@ without a steady pulse gets no beat grid (`beat_confidence`).
 """
 
 from .beats import beat_confidence, onset_salience, track_beats
-from .decode import (check_window, decode_blocks, decode_file, finite_samples, is_sample_pair, load_audio, sample_pair,
-                     window_samples)
-from .features import (MAX_FPS, MIN_FPS, NOTE_NAMES, AudioFeatures, analyze, beat_summary, counted, frame_count,
-                       refine_to_attacks, short_window)
+from .decode import (
+                     check_window,
+                     decode_blocks,
+                     decode_file,
+                     finite_samples,
+                     is_sample_pair,
+                     load_audio,
+                     sample_pair,
+                     window_samples,
+)
+from .features import (
+                     MAX_FPS,
+                     MIN_FPS,
+                     NOTE_NAMES,
+                     AudioFeatures,
+                     analyze,
+                     beat_summary,
+                     counted,
+                     frame_count,
+                     refine_to_attacks,
+                     short_window,
+)
 from .grid import HOP, N_FFT, SAMPLE_RATE
 from .spectral import BANDS
 

@@ -20,6 +20,7 @@ from .decode import (
     decode_blocks,
     is_sample_pair,
     load_audio,
+    sample_pair,
 )
 from .grid import HOP, N_FFT
 from .numba_kernels import fast_kernels
@@ -170,6 +171,14 @@ def _analysis_signal(audio, start: float | None, duration: float | None, sr: int
     return (np.concatenate(head) if head else np.zeros(0, np.float32)), None
 
 
+def _song_seconds(audio, sr: int) -> float:
+    """The whole song's length in seconds, decoded block by block (bounded memory)."""
+    if is_sample_pair(audio):
+        y, rate = sample_pair(audio)
+        return y.shape[-1] / rate
+    return sum(len(block) for block in decode_blocks(Path(audio), sr, True)) / sr
+
+
 class _Decodes:
     """Calls give the samples of a decode: first the one under way (its blocks so far, then the rest),
     then fresh ones."""
@@ -210,6 +219,10 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
         length = len(y)
     seconds = length / sr
     n = frame_count(seconds, fps)
+    if n < 1 and length == 0 and start:
+        song = _song_seconds(audio, sr)
+        raise MusicvizError(f"audio is too short: start {start:g} s is past the end of the song, which is "
+                            f"{song:.3f} s long")
     if n < 1:
         raise MusicvizError(f"audio is too short: {seconds:.3f} s is less than one frame at {fps:g} fps")
     n_samples = max(length, N_FFT)  # a shorter signal is padded with silence

@@ -11,8 +11,18 @@ PyTorch on the same weights (benchmarks/torch_reference.py, in a process of its 
 - report.py: Markdown, chart and JSON
 """
 
-from .config import (COMPONENTS, LEVELS, BenchConfig, BenchResult, level_peak, machine_info, matmul_peak, on_gpu,
-                     reference_device, tf32_enabled)
+from .config import (
+                     COMPONENTS,
+                     LEVELS,
+                     BenchConfig,
+                     BenchResult,
+                     level_peak,
+                     machine_info,
+                     matmul_peak,
+                     on_gpu,
+                     reference_device,
+                     tf32_enabled,
+)
 from .flops import call_layer, count_flops, layer_flops, layer_shapes, watching_layers
 from .interleave import interleaved_times, layer_totals, time_layers
 from .live import bench_live

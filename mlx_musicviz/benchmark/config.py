@@ -15,7 +15,6 @@ from .. import __version__
 from ..errors import MusicvizError
 from ..timing import median_time
 
-
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
 COMPONENTS = ("text_encoder", "unet", "vae", "frame")
 LAYER_BURST = 3  # timed calls back to back in one turn of `time_layers`

@@ -10,7 +10,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
-
 def _watched_classes():
     """(class, kind) of the layers the benchmark counts and times. Kinds: "conv", "linear",
     "attention" (a UNet or VAE attention: the products of its core) and "clip_attention" (the

@@ -79,19 +79,8 @@ def bench_live(pipe, audio, size, fps: float, seconds: float) -> dict:
 
     features = analyze(audio, fps=fps, duration=seconds)
     frames = SongFrames(pipe, features, LiveSettings(PROMPT), size=size)
-    latencies = []
     generator = Generator(frames, publish=lambda index, jpeg: page.publish(index, jpeg))
     page = SimulatedPage(generator, seconds, limit=60 + 20 * seconds)  # a machine far too slow still ends
-    step = generator.step
-
-    def timed_step() -> bool:
-        t = time.perf_counter()
-        made = step()
-        if made:
-            latencies.append(time.perf_counter() - t)
-        return made
-
-    generator.step = timed_step
     watcher = threading.Thread(target=page.run, daemon=True, name="musicviz-bench-page")
     t0 = time.perf_counter()
     watcher.start()
@@ -107,5 +96,5 @@ def bench_live(pipe, audio, size, fps: float, seconds: float) -> dict:
             "sync_p95_ms": float(np.percentile(sync_ms, 95)),
             "max_gap_ms": float(max(gaps)), "stalls": page.stalls,
             "generated_fps": generator.generated / max(wall, 1e-9),
-            "chunk_latency_ms": 1000 * float(np.median(latencies)) if latencies else None,
+            "chunk_latency_ms": 1000 * float(np.median(generator.latencies)) if generator.latencies else None,
             "cadence": frames.cadence, "stride": frames.stride}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from .config import BenchResult
 from .interleave import layer_totals
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import click
 
-from ..cli import (_walk_options, friendly_errors, main)
-from ..errors import MusicvizError
+from ..cli import _walk_options, friendly_errors, main
 from ..walkers import NoiseWalkConfig
 
 
@@ -39,7 +37,6 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
         return _analyze_live(song, live, json_out, chart)
     from ..audio import analyze as run
     from ..audio import beat_summary, counted, short_window
-    from ..checks import check_start
     from ..walkers import PromptWalkConfig
 
     noise = NoiseWalkConfig(grid=beat_grid, distance=motion)
@@ -47,11 +44,7 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
         from ..charts import check_chart_path
 
         check_chart_path(chart)
-    try:
-        f = run(song, fps=fps, start=start, duration=duration)
-    except MusicvizError:
-        check_start(song, start)  # an empty window: say that the start is past the song's end
-        raise
+    f = run(song, fps=fps, start=start, duration=duration)
     click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, {beat_summary(f)}, "
                f"{counted(len(f.onset_times), 'onset')}, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
     if short_window(f, duration):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import click
 from click.core import ParameterSource
 
-from ..cli import (friendly_errors, main)
+from ..cli import friendly_errors, main
 
 
 def _torch_reference(config):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 import click
 
-from ..cli import (friendly_errors, main)
+from ..cli import friendly_errors, main
 
 
 @main.command()

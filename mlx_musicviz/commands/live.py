@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 import click
 
-from ..cli import (_walk_options, _warn_random, friendly_errors, main)
+from ..cli import _walk_options, _warn_random, friendly_errors, main
 from ..errors import MusicvizError
 
 
@@ -41,8 +40,8 @@ def live_command(song, prompt, input_device, model, size, fps, seed, mode, beat_
       musicviz-mlx live --input "MacBook Pro Microphone" -p "neon city"
     OBS, VLC or a VJ program can take the video from http://127.0.0.1:8765/stream.mjpg.
     """
-    from ..realtime import live
     from ..pipeline import DEFAULT_MODEL
+    from ..realtime import live
 
     if input_device == "list":
         from ..realtime.audio_input import list_devices

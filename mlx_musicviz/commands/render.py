@@ -7,21 +7,21 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..cli import (_image_options, _render_options, _warn_random, friendly_errors, main)
+from ..cli import _image_options, _render_options, _warn_random, friendly_errors, main
 from ..note_writer import DEFAULT_NOTE_WRITER
 from ..walkers import NoiseWalkConfig
 
 
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
-    from ..pipeline import DEFAULT_MODEL
     from ..note_prompts import read_note_prompts
-    from ..rendering import default_output, render
+    from ..pipeline import DEFAULT_MODEL
+    from ..rendering import default_output, render, same_file
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
     target = Path(output or default_output(song)).expanduser()
-    if target.is_file() and target.resolve() != Path(song).expanduser().resolve():
+    if target.is_file() and not same_file(target, song):
         click.echo(f"warning: {target} exists; the new video replaces it when the render finishes", err=True)
     bar = {}
 
@@ -114,9 +114,9 @@ def preview(prompt, output, notes, note_prompts, model, **kw):
     """
     import time
 
+    from ..note_prompts import read_note_prompts
     from ..pipeline import DEFAULT_MODEL
     from ..stills import preview as run
-    from ..note_prompts import read_note_prompts
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:

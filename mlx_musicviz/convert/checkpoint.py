@@ -12,8 +12,17 @@ from pathlib import Path
 import mlx.core as mx
 
 from .. import __version__
-from ..checkpoint_format import (COMPONENTS, DTYPES, FORMAT_NAME, FORMAT_VERSION, RECORD_NAME, REQUIRED, WEIGHTS_NAME,
-                                 component_plan, read_record)
+from ..checkpoint_format import (
+    COMPONENTS,
+    DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    RECORD_NAME,
+    REQUIRED,
+    WEIGHTS_NAME,
+    component_plan,
+    read_record,
+)
 from ..errors import MusicvizError
 from ..models import AutoencoderTiny, TinyVAEConfig, build_model, class_name_of
 from ..models.configs import read_json

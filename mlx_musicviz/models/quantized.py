@@ -28,8 +28,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..errors import MusicvizError
 from .. import ops
+from ..errors import MusicvizError
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)

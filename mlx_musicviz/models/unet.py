@@ -13,8 +13,16 @@ import mlx.nn as nn
 
 from .. import ops
 from .configs import UNetConfig
-from .layers import (Attention, Conv2d, Downsample2D, LayerNorm, ResnetBlock2D, Upsample2D, group_norm,
-                     timestep_embedding)
+from .layers import (
+    Attention,
+    Conv2d,
+    Downsample2D,
+    LayerNorm,
+    ResnetBlock2D,
+    Upsample2D,
+    group_norm,
+    timestep_embedding,
+)
 
 
 class FeedForward(nn.Module):

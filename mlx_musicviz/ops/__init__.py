@@ -5,7 +5,7 @@ which device, dtype or kernels are at hand. Here, on a GPU or in half precision,
 (fused) kernel. On the CPU in float32 (`on_cpu`) it takes the faster path for that backend: erf and
 exp as polynomials that mlx fuses, BLAS-friendly layouts for 3x3 convolutions (rows of taps, few
 outputs, Winograd), two-level statistics and matmul reductions for the norms, attention heads split
-over two CPU streams, and the C++ kernels (`mlx_musicviz.kernels`) where they are built and faster.
+over two CPU streams, and the C++ kernels (`mlx_musicviz.ops.kernels`) where they are built and faster.
 Every path is checked against PyTorch or float64 in the tests; docs/performance.md has the figures.
 
 - elementwise.py: gelu, silu, geglu (and the polynomials)

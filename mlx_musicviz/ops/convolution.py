@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import kernels
+from . import kernels
 from .device import on_cpu
 
 
@@ -79,7 +79,7 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array | None = None, stride=1
     float32 kernels.
 
     Fused Winograd (up to FUSED_MAX_OUTPUTS outputs, even maps, channels multiples of 16/64, when the
-    C++ kernels are built: `mlx_musicviz.kernels`): one pass over the map, bias, residual and ReLU in
+    C++ kernels are built: `mlx_musicviz.ops.kernels`): one pass over the map, bias, residual and ReLU in
     its epilogue. The three below are what runs where it does not apply or is not built.
 
     Rows of taps (large maps of 32 to 256 channels: the tiny VAE's, the KL VAE's two last levels):

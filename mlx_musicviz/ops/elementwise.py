@@ -20,7 +20,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import kernels
+from . import kernels
 from .device import on_cpu
 
 # erf(x) ~= x * P(x^2) / Q(x^2) on [-4, 4]: minimax coefficients for float32 (lowest power first).
@@ -95,7 +95,7 @@ def gelu(x: mx.array) -> mx.array:
 def geglu(x: mx.array) -> mx.array:
     """h * gelu(gate) for x = [h | gate] along its last axis (GEGLU's projection): (..., 2D) -> (..., D).
 
-    On the CPU in float32 the C++ kernel (mlx_musicviz.kernels) does the split, the GELU and the
+    On the CPU in float32 the C++ kernel (mlx_musicviz.ops.kernels) does the split, the GELU and the
     product in one pass on both cores where it is built: at 4096 x 1280 gates on a 2-core x86-64,
     2.8 ms against 24 ms for the mlx composition.
     """

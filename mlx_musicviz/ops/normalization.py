@@ -25,7 +25,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import kernels
+from . import kernels
 from .device import on_cpu
 from .elementwise import silu_poly
 

@@ -8,7 +8,7 @@ import functools
 
 import mlx.core as mx
 
-from .. import kernels
+from . import kernels
 from .device import on_cpu
 from .elementwise import _softmax_numerator
 
@@ -49,7 +49,7 @@ def multi_head_attention(
     """`attention` over the projections' layout: q (B, N, heads * d), k and v (B, M, heads * d), head h
     in columns h * d to (h + 1) * d; returns (B, N, heads * d).
 
-    On the CPU, without a mask, the fused C++ kernel (mlx_musicviz.kernels) takes it when it is built
+    On the CPU, without a mask, the fused C++ kernel (mlx_musicviz.ops.kernels) takes it when it is built
     and d is a multiple of 64 (the UNet's self- and cross-attentions; the text encoder's is masked):
     on a 2-core x86-64 it ran 10 heads of 1024 x 1024 tokens in 15 ms against 250 ms for the mlx
     composition (rel. L2 6e-7).

@@ -13,16 +13,17 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import numpy as np
 
-from ..errors import MusicvizError
-from ..rendering import make_walkers
 from ..checks import check_prompt, frame_size
-from ..walkers import NoiseWalkConfig, _standardize
+from ..errors import MusicvizError
 from ..note_prompts import default_note_prompts
+from ..rendering import make_walkers
+from ..walkers import NoiseWalkConfig, _standardize
 
 # The steps of adaptation, mildest first: (cadence, stride).
 PACES = ((1, 1), (2, 1), (3, 1), (4, 1), (6, 1), (8, 1), (8, 2), (8, 3), (8, 4))
@@ -240,6 +241,7 @@ class Generator:
         self.generated = 0
         self.chunks = 0
         self.latency = 0.0  # seconds: wall time of the last chunk, from its start to its frames encoded
+        self.latencies = deque(maxlen=1000)  # seconds: the latest chunks' latencies, for the benchmark
         self.rate = 0.0  # frames made per second of wall time, smoothed
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -326,6 +328,7 @@ class Generator:
         self.generated += len(made)
         self.chunks += 1
         self.latency = time.perf_counter() - t0
+        self.latencies.append(self.latency)
         rate = len(made) / max(self.latency, 1e-6)
         self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
         if self.chunks > WARM_UP_CHUNKS and self.frames.adapt(self.rate):

@@ -14,9 +14,9 @@ import webbrowser
 from pathlib import Path
 
 from ..audio import analyze
+from ..checks import frame_size
 from ..errors import MusicvizError
 from ..pipeline import DEFAULT_MODEL, load_pipeline
-from ..checks import frame_size
 from .engine import Generator, LiveSettings, SongFrames
 from .server import LiveState, make_app, new_token, serve
 

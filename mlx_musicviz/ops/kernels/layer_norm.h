@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "winograd_conv.h"
+#include "simd.h"
 
 namespace musicviz {
 
@@ -25,29 +25,29 @@ struct LayerNorm {
 inline bool layer_norm_supports(int c) { return c > 0 && c % 16 == 0; }
 
 inline void layer_norm_fused(const LayerNorm& g, int threads) {
-  using winograd::LANES;
-  using winograd::vec;
-  winograd::over_rows(g.rows, threads, [&](long r) {
+  using simd::LANES;
+  using simd::vec;
+  simd::over_rows(g.rows, threads, [&](long r) {
     const float* in = g.x + static_cast<size_t>(r) * g.c;
     float* out = g.y + static_cast<size_t>(r) * g.c;
     vec sum{};
-    for (int j = 0; j < g.c; j += LANES) sum += winograd::load(in + j);
+    for (int j = 0; j < g.c; j += LANES) sum += simd::load(in + j);
     float total = 0;
     for (int i = 0; i < LANES; ++i) total += sum[i];
     const float mean = total / g.c;
     vec squares{};
     for (int j = 0; j < g.c; j += LANES) {
-      const vec d = winograd::load(in + j) - mean;
+      const vec d = simd::load(in + j) - mean;
       squares += d * d;
     }
     float variance = 0;
     for (int i = 0; i < LANES; ++i) variance += squares[i];
     const float rstd = 1.0f / std::sqrt(variance / g.c + g.eps);
     for (int j = 0; j < g.c; j += LANES) {
-      vec v = (winograd::load(in + j) - mean) * rstd;
-      if (g.weight) v *= winograd::load(g.weight + j);
-      if (g.bias) v += winograd::load(g.bias + j);
-      winograd::store(out + j, v);
+      vec v = (simd::load(in + j) - mean) * rstd;
+      if (g.weight) v *= simd::load(g.weight + j);
+      if (g.bias) v += simd::load(g.bias + j);
+      simd::store(out + j, v);
     }
   });
 }

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "vector_math.h"
-#include "winograd_conv.h"
+#include "simd.h"
 
 namespace musicviz {
 
@@ -21,15 +21,15 @@ struct Geglu {
 inline bool geglu_supports(int d) { return d > 0 && d % 16 == 0; }
 
 inline void geglu_fused(const Geglu& g, int threads) {
-  using winograd::LANES;
-  using winograd::vec;
-  winograd::over_rows(g.rows, threads, [&](long r) {
+  using simd::LANES;
+  using simd::vec;
+  simd::over_rows(g.rows, threads, [&](long r) {
     const float* h = g.x + static_cast<size_t>(r) * 2 * g.d;
     float* out = g.y + static_cast<size_t>(r) * g.d;
     for (int j = 0; j < g.d; j += LANES) {
-      const vec gate = winograd::load(h + g.d + j);
+      const vec gate = simd::load(h + g.d + j);
       const vec gelu = 0.5f * gate * (1.0f + erf_poly(gate * 0.7071067811865476f));
-      winograd::store(out + j, winograd::load(h + j) * gelu);
+      simd::store(out + j, simd::load(h + j) * gelu);
     }
   });
 }

@@ -6,13 +6,13 @@
 // both cores share the blocks. mlx composes the same from a matmul, a softmax pass (one thread) and
 // a second matmul, each a full pass over the (heads, n, m) scores.
 //
-// exp is vector_math.h's (activations._exp_poly's coefficients): a few float32 ulps.
+// exp is vector_math.h's (ops/elementwise.py's _exp_poly coefficients): a few float32 ulps.
 #pragma once
 
 #include <limits>
 
 #include "vector_math.h"
-#include "winograd_conv.h"
+#include "simd.h"
 
 namespace musicviz {
 
@@ -30,9 +30,9 @@ inline bool attention_supports(int m, int d) { return m > 0 && d > 0 && d % 64 =
 
 namespace fused_attention {
 
-using winograd::LANES;
-using winograd::OB;
-using winograd::vec;
+using simd::LANES;
+using simd::OB;
+using simd::vec;
 
 constexpr int QUERY_ROWS = 48;  // query rows per block: the (48 x m) scores stay in L2
 
@@ -43,17 +43,17 @@ inline int padded_keys(int m) { return (m + OB - 1) / OB * OB; }
 inline void softmax_rows(float* s, int rows, int m, float scale, float* inverse) {
   for (int r = 0; r < rows; ++r) {
     float* row = s + static_cast<size_t>(r) * m;
-    vec top = winograd::load(row);
+    vec top = simd::load(row);
     for (int j = LANES; j < m; j += LANES) {
-      const vec x = winograd::load(row + j);
+      const vec x = simd::load(row + j);
       top = x > top ? x : top;
     }
     float peak = top[0];
     for (int i = 1; i < LANES; ++i) peak = std::max(peak, top[i]);
     vec sum{};
     for (int j = 0; j < m; j += LANES) {
-      const vec e = exp_poly((winograd::load(row + j) - peak) * scale);
-      winograd::store(row + j, e);
+      const vec e = exp_poly((simd::load(row + j) - peak) * scale);
+      simd::store(row + j, e);
       sum += e;
     }
     float total = 0;
@@ -94,7 +94,7 @@ inline void block(const Attention& a, int image, int head, int r0, int rows, Scr
   float* scores = s.scores.data();
   const int mp = padded_keys(a.m);
   for (int p = 0; p < mp / OB; ++p)
-    winograd::gemm(a.q + origin, width, rows, a.d, s.kt.data() + static_cast<size_t>(p) * a.d * OB, OB, scores + p * OB,
+    simd::gemm(a.q + origin, width, rows, a.d, s.kt.data() + static_cast<size_t>(p) * a.d * OB, OB, scores + p * OB,
                    mp, false);
   for (int r = 0; r < rows; ++r)
     std::fill(scores + static_cast<size_t>(r) * mp + a.m, scores + static_cast<size_t>(r + 1) * mp,
@@ -102,7 +102,7 @@ inline void block(const Attention& a, int image, int head, int r0, int rows, Scr
   softmax_rows(scores, rows, mp, a.scale, s.inverse.data());
   const float* values = a.v + static_cast<size_t>(image) * a.m * width + static_cast<size_t>(head) * a.d;
   for (int p = 0; p < a.d / OB; ++p)  // over the real keys only: v has m rows
-    winograd::gemm(scores, mp, rows, a.m, values + p * OB, width, a.y + origin + p * OB, width, false);
+    simd::gemm(scores, mp, rows, a.m, values + p * OB, width, a.y + origin + p * OB, width, false);
   for (int r = 0; r < rows; ++r) {
     float* out = a.y + origin + static_cast<size_t>(r) * width;
     const float inv = s.inverse[r];
@@ -118,7 +118,7 @@ inline void attention_fused(const Attention& a, int threads) {
   threads = std::max(1, threads);
   const int blocks = (a.n + QUERY_ROWS - 1) / QUERY_ROWS;
   const long items = static_cast<long>(a.b) * a.heads * blocks;
-  winograd::in_parallel(threads, [&](int id) {
+  simd::in_parallel(threads, [&](int id) {
     Scratch s;
     s.kt.resize(static_cast<size_t>(padded_keys(a.m)) * a.d);
     s.scores.resize(static_cast<size_t>(QUERY_ROWS) * padded_keys(a.m));

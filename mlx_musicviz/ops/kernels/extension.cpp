@@ -1,5 +1,5 @@
 // mlx primitives around winograd_conv.h, attention.h, group_norm.h, layer_norm.h and geglu.h, and their Python bindings (nanobind, in mlx's own domain so that
-// mlx.core.array crosses over). Built on first use by mlx_musicviz/kernels/__init__.py.
+// mlx.core.array crosses over). Built on first use by mlx_musicviz/ops/kernels/__init__.py.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 

@@ -11,7 +11,7 @@
 #include <cmath>
 
 #include "vector_math.h"
-#include "winograd_conv.h"
+#include "simd.h"
 
 namespace musicviz {
 
@@ -32,8 +32,8 @@ inline bool group_norm_supports(int c, int groups) { return c > 0 && groups > 0 
 
 namespace group_norm {
 
-using winograd::LANES;
-using winograd::vec;
+using simd::LANES;
+using simd::vec;
 
 constexpr int ROW_BLOCK = 64;  // pixel rows summed in float32 before the float64 total
 
@@ -44,12 +44,12 @@ inline void column_sums(const float* x, long r0, long r1, int c, const float* ce
     for (long r = b0; r < std::min(r1, b0 + ROW_BLOCK); ++r) {
       const float* row = x + static_cast<size_t>(r) * c;
       for (int j = 0; j < c; j += LANES) {
-        vec v = winograd::load(row + j);
+        vec v = simd::load(row + j);
         if (center) {
-          v -= winograd::load(center + j);
+          v -= simd::load(center + j);
           v *= v;
         }
-        winograd::store(block + j, winograd::load(block + j) + v);
+        simd::store(block + j, simd::load(block + j) + v);
       }
     }
     for (int j = 0; j < c; ++j) total[j] += block[j];
@@ -80,7 +80,7 @@ inline void group_norm_fused(const GroupNorm& g, int threads) {
   };
   auto sums_pass = [&](const float* centers) {
     std::fill(partial.begin(), partial.end(), 0.0);
-    winograd::in_parallel(threads, [&](int id) {
+    simd::in_parallel(threads, [&](int id) {
       std::vector<float> block(c);
       for (int i = 0; i < g.n; ++i)
         column_sums(g.x + static_cast<size_t>(i) * g.p * c, g.p * id / threads, g.p * (id + 1) / threads, c,
@@ -104,14 +104,14 @@ inline void group_norm_fused(const GroupNorm& g, int threads) {
       shift[at] = static_cast<float>((g.bias ? g.bias[j] : 0.0) - mean[i * g.groups + j / per_group] * s);
     }
 
-  winograd::over_rows(static_cast<long>(g.n) * g.p, threads, [&](long r) {
+  simd::over_rows(static_cast<long>(g.n) * g.p, threads, [&](long r) {
     const size_t image = static_cast<size_t>(r / g.p) * c;
     const float* in = g.x + static_cast<size_t>(r) * c;
     float* out = g.y + static_cast<size_t>(r) * c;
     for (int j = 0; j < c; j += LANES) {
-      vec v = winograd::load(in + j) * winograd::load(scale.data() + image + j) + winograd::load(shift.data() + image + j);
+      vec v = simd::load(in + j) * simd::load(scale.data() + image + j) + simd::load(shift.data() + image + j);
       if (g.silu) v = v / (1.0f + exp_poly(-v));
-      winograd::store(out + j, v);
+      simd::store(out + j, v);
     }
   });
 }

@@ -1,7 +1,7 @@
 """CPU kernels in C++ for what mlx's CPU backend composes slowly: a fused Winograd 3x3 convolution,
 a fused multi-head attention, GroupNorm (+ SiLU) and LayerNorm in one pass each, and GEGLU's activation.
 
-Each kernel (`winograd_conv.h`, `attention.h`, `group_norm.h`, `layer_norm.h`, `geglu.h`) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
+Each kernel (`winograd_conv.h`, `attention.h`, `group_norm.h`, `layer_norm.h`, `geglu.h`, over `simd.h`'s vectors, matrix product and threads) is an mlx primitive (`extension.cpp`), so it runs inside mlx's lazy
 graph on its CPU stream like any other op. It is compiled on first use against the mlx that is
 installed (its headers and `libmlx`), with nanobind in mlx's own domain, and cached by everything
 that could change the binary: the sources, the versions of mlx, nanobind and Python, the compiler,
@@ -34,7 +34,7 @@ from pathlib import Path
 ENV_VAR = "MLX_MUSICVIZ_KERNELS"
 CACHE_VAR = "MLX_MUSICVIZ_CACHE"
 MODULE = "_musicviz_kernels"
-SOURCES = ("extension.cpp", "winograd_conv.h", "attention.h", "group_norm.h", "layer_norm.h", "geglu.h", "vector_math.h")
+SOURCES = ("extension.cpp", "simd.h", "winograd_conv.h", "attention.h", "group_norm.h", "layer_norm.h", "geglu.h", "vector_math.h")
 FLAGS = ("-O3", "-march=native", "-std=c++20", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
          "-DNDEBUG", "-DNB_DOMAIN=mlx")  # mlx.core's nanobind domain: its array type is shared within it
 

@@ -9,15 +9,15 @@
 // output's shape and an optional ReLU, and the input may be read through a nearest 2x upsampling
 // (the decoders' upsample-then-convolve) without the upsampled map ever existing.
 //
-// Plain C++17 with GCC/Clang vector extensions: compiled with -march=native they become AVX-512,
-// AVX2 or NEON code. No mlx here: extension.cpp wraps it as an mlx primitive.
+// Built on simd.h's vectors and threads. No mlx here: extension.cpp wraps it as an mlx primitive.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
-#include <thread>
 #include <vector>
+
+#include "simd.h"
 
 namespace musicviz {
 
@@ -38,20 +38,10 @@ inline bool winograd_supports(int h, int w, int c, int o) {
 
 namespace winograd {
 
-typedef float vec __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads
-constexpr int LANES = 16;
-constexpr int OB = 64;         // output channels per chunk: 4 vectors
-constexpr int NV = OB / LANES;
+using namespace simd;
+
 constexpr int TILES = 48;      // 2x2 output tiles per block (measured: 24-96 within noise for 64 channels)
 constexpr int CHANNELS = 128;  // input channels transformed at a time: V's block stays in L2
-constexpr int ROWS = 6;        // tiles per micro-kernel call: 6 x 4 accumulators
-
-inline vec load(const float* p) {
-  vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 
 // U[chunk][a * 4 + b][c][oi] = (G g G^T)_ab of output chunk * OB + oi and input channel c, for the
 // groups of 16 outputs [group_begin, group_end). G g G^T is computed over 16 input channels at a
@@ -88,49 +78,6 @@ inline void transform_kernel(const Conv3x3& k, float* u, int group_begin, int gr
   }
 }
 
-// m (R x OB) = [m +] v (R x depth, rows ldv apart) @ u (depth x OB, rows ldu apart), m's rows ldm
-// apart: R x 4 vector accumulators in registers, one broadcast of v per row and k.
-template <int R>
-inline void micro(const float* v, int ldv, int depth, const float* u, int ldu, float* m, int ldm, bool accumulate) {
-  vec acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? load(m + static_cast<size_t>(r) * ldm + j * LANES) : vec{};
-  for (int kk = 0; kk < depth; ++kk) {
-    vec b[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) b[j] = load(u + static_cast<size_t>(kk) * ldu + j * LANES);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const float a = v[static_cast<size_t>(r) * ldv + kk];
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[r][j] += a * b[j];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) store(m + static_cast<size_t>(r) * ldm + j * LANES, acc[r][j]);
-}
-
-// m (rows x OB) = [m +] v (rows x depth) @ u (depth x OB), leading dimensions as in micro.
-inline void gemm(const float* v, int ldv, int rows, int depth, const float* u, int ldu, float* m, int ldm,
-                 bool accumulate) {
-  int r = 0;
-  for (; r + ROWS <= rows; r += ROWS)
-    micro<ROWS>(v + static_cast<size_t>(r) * ldv, ldv, depth, u, ldu, m + static_cast<size_t>(r) * ldm, ldm, accumulate);
-  const float* vr = v + static_cast<size_t>(r) * ldv;
-  float* mr = m + static_cast<size_t>(r) * ldm;
-  switch (rows - r) {
-    case 1: micro<1>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
-    case 2: micro<2>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
-    case 3: micro<3>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
-    case 4: micro<4>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
-    case 5: micro<5>(vr, ldv, depth, u, ldu, mr, ldm, accumulate); break;
-    default: break;
-  }
-}
 
 struct Scratch {
   std::vector<float> v;               // [a * 4 + b][tile][channel]: B^T d B of a block's channel chunk
@@ -209,22 +156,6 @@ inline void block(const Conv3x3& k, const float* u, int t0, int count, int chunk
   }
 }
 
-template <class F>
-void in_parallel(int threads, F&& work) {
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(work, i);
-  work(0);
-  for (auto& t : pool) t.join();
-}
-
-// f(r) for each row r in [0, rows), in contiguous ranges over up to `threads` threads (16 rows at least each).
-template <class F>
-void over_rows(long rows, int threads, F&& f) {
-  const int used = static_cast<int>(std::max(1L, std::min<long>(threads, rows / 16)));
-  in_parallel(used, [&](int id) {
-    for (long r = rows * id / used; r < rows * (id + 1) / used; ++r) f(r);
-  });
-}
 
 }  // namespace winograd
 

@@ -1,15 +1,15 @@
-// exp and erf over 16-float vectors, as mlx_musicviz/models/activations.py's _exp_poly and _erf_poly
+// exp and erf over 16-float vectors, as mlx_musicviz/ops/elementwise.py's _exp_poly and _erf_poly
 // (same coefficients, a few float32 ulps). exp: 2^n * 2^f, n = round(x * log2(e)), 2^f by a degree-6 polynomial on [-0.5, 0.5].
 // Inputs below ~-87.7 give exactly 0 (n = -127 puts 0 in the exponent field: no denormals, which
 // made later matmuls 30x slower here); above ~+87.3 they saturate at 2^126.
 #pragma once
 
-#include "winograd_conv.h"
+#include "simd.h"
 
 namespace musicviz {
 
-inline winograd::vec exp_poly(winograd::vec x) {
-  using winograd::vec;
+inline simd::vec exp_poly(simd::vec x) {
+  using simd::vec;
   typedef int ivec __attribute__((vector_size(64), aligned(4)));
   const vec t0 = x * 1.4426950408889634f;
   const vec low = t0 < -127.0f ? vec{} - 127.0f : t0;
@@ -24,8 +24,8 @@ inline winograd::vec exp_poly(winograd::vec x) {
 }
 
 // erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (float32 erf is exactly +-1 beyond), minimax coefficients.
-inline winograd::vec erf_poly(winograd::vec x) {
-  using winograd::vec;
+inline simd::vec erf_poly(simd::vec x) {
+  using simd::vec;
   const vec low = x < -4.0f ? vec{} - 4.0f : x;
   const vec c = low > 4.0f ? vec{} + 4.0f : low;
   const vec x2 = c * c, x4 = x2 * x2, x8 = x4 * x4;
