@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -294,8 +295,12 @@ def mel_to_audio(mel: np.ndarray, p: MelParams, iterations: int = 64, seed: int 
 
 
 def images_to_audio(paths: list[Path], iterations: int = 64, override: dict | None = None,
-                    preset: str | None = None) -> tuple[np.ndarray, int]:
-    """Consecutive tiles -> one signal ((n,) mono or (2, n) stereo), peak-normalized to -1 dBFS."""
+                    preset: str | None = None, normalize: bool = False) -> tuple[np.ndarray, int]:
+    """Consecutive tiles -> (signal ((n,) mono or (2, n) stereo), sample rate in Hz).
+
+    The signal has the level the tiles record (`ref_db` or `max_value`: its mel magnitudes match the
+    tiles'), or, with `normalize`, its peak at -1 dBFS. A recorded level that would clip is lowered
+    to a -1 dBFS peak, with a `UserWarning` that says by how much."""
     if not paths:
         raise MusicvizError("no images given")
     tiles, params = [], None
@@ -305,13 +310,31 @@ def images_to_audio(paths: list[Path], iterations: int = 64, override: dict | No
             raise MusicvizError(f"{path} was made with other parameters than {paths[0]}; convert them separately")
         params = params or p
         tiles.append(values[:, :, :columns])
-    joined = np.concatenate(tiles, axis=-1)
-    channels = [mel_to_audio(from_unit(plane, params), params, iterations) for plane in joined]
+    mels = [from_unit(plane, params) for plane in np.concatenate(tiles, axis=-1)]
+    channels = [mel_to_audio(mel, params, iterations) for mel in mels]
     y = np.stack(channels) if len(channels) > 1 else channels[0]
     peak = float(np.abs(y).max())
-    if peak > 0:
-        y = y * (10 ** (-1 / 20) / peak)
-    return y.astype(np.float32), params.sample_rate
+    if peak == 0:
+        return y.astype(np.float32), params.sample_rate
+    gain = 10 ** (-1 / 20) / peak if normalize else level_gain(mels, channels, params)
+    if not normalize and peak * gain > 1:
+        limited = 10 ** (-1 / 20) / peak
+        warnings.warn(f"the recorded level would clip: lowered by {20 * np.log10(gain / limited):.1f} dB to a "
+                      f"-1 dBFS peak", stacklevel=2)
+        gain = limited
+    return (y * gain).astype(np.float32), params.sample_rate
+
+
+def level_gain(mels: list[np.ndarray], channels: list[np.ndarray], p: MelParams) -> float:
+    """The gain that gives the signals `channels` the mel magnitudes `mels` (least squares over all
+    bands and frames; mel magnitude is linear in the signal's amplitude)."""
+    num = den = 0.0
+    for target, signal in zip(mels, channels):
+        made = mel_magnitude(signal, p)
+        n = min(target.shape[1], made.shape[1])
+        num += float(np.sum(target[:, :n] * made[:, :n]))
+        den += float(np.sum(made[:, :n] ** 2))
+    return num / den if den > 0 else 1.0
 
 
 def check_audio_output(path: str | os.PathLike) -> str:
@@ -338,16 +361,20 @@ def write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
 # -- quality --------------------------------------------------------------------------------------
 
 
-def round_trip_metrics(original: np.ndarray, restored: np.ndarray, p: MelParams) -> dict:
+def round_trip_metrics(original: np.ndarray, restored: np.ndarray, p: MelParams, match_level: bool = True) -> dict:
     """Distance between two mono signals in the mel domain of `p`:
     log-spectral distance (dB, RMS over bands then mean over frames) and spectral convergence
-    (||M_a - M_b||_F / ||M_a||_F), after matching their levels (the output is normalized)."""
+    (||M_a - M_b||_F / ||M_a||_F), after matching their levels unless `match_level` is False; and
+    the restored signal's RMS level against the original's (dB)."""
     a = mel_magnitude(np.asarray(original, np.float32), p)
     b = mel_magnitude(np.asarray(restored, np.float32), p)
     n = min(a.shape[1], b.shape[1])
     a, b = a[:, :n], b[:, :n]
-    b = b * (np.linalg.norm(a) / max(np.linalg.norm(b), 1e-12))
+    if match_level:
+        b = b * (np.linalg.norm(a) / max(np.linalg.norm(b), 1e-12))
     floor = a.max() * 1e-5  # -100 dB: ignore what neither signal holds
     lsd = np.sqrt(np.mean((20 * np.log10((a + floor) / (b + floor))) ** 2, axis=0)).mean()
     sc = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)
-    return {"log_spectral_distance_db": float(lsd), "spectral_convergence": float(sc)}
+    rms = [np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))) for x in (original, restored)]
+    level = 20 * np.log10(max(rms[1], 1e-12) / max(rms[0], 1e-12))
+    return {"log_spectral_distance_db": float(lsd), "spectral_convergence": float(sc), "level_db": float(level)}

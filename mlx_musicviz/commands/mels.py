@@ -61,16 +61,21 @@ def mels(src, out, preset, tile_width, n_mels, hop_length, stereo):
 @click.option("--hop", "hop_length", type=int, default=None)
 @click.option("--win-length", type=int, default=None)
 @click.option("--f-max", type=float, default=None)
+@click.option("--normalize", is_flag=True, help="Peak at -1 dBFS instead of the level the tiles record.")
 @friendly_errors
-def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_length, win_length, f_max):
-    """Turn spectrogram IMAGES (consecutive tiles, in order) back into one audio file.
+def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_length, win_length, f_max, normalize):
+    """Turn spectrogram IMAGES (consecutive tiles, in order) back into one audio file, at the level
+    the tiles record (--normalize: peak at -1 dBFS).
 
     \b
     Examples:
       musicviz-mlx spec2audio tiles/song_0000.png tiles/song_0001.png -o song.wav
       musicviz-mlx spec2audio riffusion.png --preset riffusion -o clip.flac
     """
+    import warnings
     from pathlib import Path
+
+    import numpy as np
 
     from ..spectrogram import check_audio_output, images_to_audio, write_audio
 
@@ -79,6 +84,12 @@ def spec2audio(images, output, iterations, preset, sample_rate, n_fft, hop_lengt
     overrides = _mel_overrides(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
                                f_max=f_max)
     check_audio_output(output)
-    samples, rate = images_to_audio([Path(i) for i in images], iterations, overrides, preset)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        samples, rate = images_to_audio([Path(i) for i in images], iterations, overrides, preset, normalize)
+    for warning in said:
+        click.echo(f"warning: {warning.message}", err=True)
     write_audio(Path(output), samples, rate)
-    click.echo(f"{output}: {samples.shape[-1] / rate:.2f} s at {rate} Hz")
+    peak = float(np.abs(samples).max())
+    level = f"peak {20 * np.log10(peak):.1f} dBFS" if peak > 0 else "silence"
+    click.echo(f"{output}: {samples.shape[-1] / rate:.2f} s at {rate} Hz, {level}")
