@@ -110,6 +110,11 @@ def _walk_options(fn):
     ])
 
 
+LORA_OPTION = click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]",
+                           help="A LoRA file (diffusers or kohya safetensors) fused into the model, SCALE times "
+                                "(default 1); repeat for several.")
+
+
 def _image_options(fn):
     """What render and preview share: the model, the frames' size and noise seed, the batch, the VAE and
     the note prompts."""
@@ -118,6 +123,7 @@ def _image_options(fn):
                      help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, ...)."),
         click.option("--size", default="512", show_default=True,
                      help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64, at most 1024x1024 pixels."),
+        LORA_OPTION,
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),

@@ -100,6 +100,23 @@ class Pipeline:
         mx.eval(self._temb)
         return self
 
+    def fuse_lora(self, path, scale: float = 1.0) -> "Pipeline":
+        """Fuse the LoRA file `path` (diffusers/PEFT or kohya safetensors), `scale` times, into the
+        UNet's and text encoder's float weights; the record lists it. Returns self."""
+        from mlx.utils import tree_flatten, tree_unflatten
+
+        from .lora import fuse_lora
+
+        modules = {"unet": self.unet, "text_encoder": self.text_encoder}
+        fused, done = fuse_lora({name: dict(tree_flatten(m.parameters())) for name, m in modules.items()}, path, scale)
+        for name, weights in fused.items():
+            modules[name].update(tree_unflatten(list(weights.items())))
+            mx.eval(modules[name].parameters())
+        self.record = {**self.record, "loras": [*self.record.get("loras", []), done]}
+        self._temb = self.unet.time_embed(self.scheduler.timestep)
+        mx.eval(self._temb)
+        return self
+
     @property
     def vae_large(self):
         if self._vae_large is None and self._build_vae_large is not None:
@@ -223,7 +240,7 @@ def to_uint8(images: mx.array) -> mx.array:
 
 
 def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
-                  bits: int | None = None, group_size: int = 64, mixed: bool = False) -> Pipeline:
+                  bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=()) -> Pipeline:
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
     `random:NAME` (random weights of a known architecture: see `random_models`).
 
@@ -231,6 +248,8 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     BLAS, so float16 and bfloat16 are slower, not faster (a warning says so); on a GPU they halve the
     memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
     cache); a quantized checkpoint needs no flag, its record says how.
+    loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
+    quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
     """
     if dtype not in (mx.float32, mx.float16, mx.bfloat16):
         raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
@@ -238,6 +257,13 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
         name = str(dtype).removeprefix("mlx.core.")
         warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
                       "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
+    if loras:  # fused into float weights, then quantized in memory
+        pipe = load_pipeline(path_or_repo, dtype, revision)
+        from .lora import lora_argument
+
+        for lora in loras:
+            pipe.fuse_lora(*lora_argument(lora))
+        return pipe.quantize(bits, group_size, mixed) if bits else pipe
     if str(path_or_repo).startswith("random:"):
         return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
                                mixed=mixed)

@@ -141,7 +141,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
            vae: str = "tiny", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
-           progress=None, pipeline=None) -> RenderResult:
+           progress=None, loras=(), pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
     output: the video's path, ending in .mp4, .m4v or .mov (H.264 with AAC audio); default
@@ -157,6 +157,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     resume: continue an interrupted render of the same song, model and settings from the segments it
         kept (see `video.SegmentedVideo`); False starts over.
     progress: called as progress(done_frames, total_frames) after every batch.
+    loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).
@@ -181,7 +182,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     times["analysis"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    pipe = pipeline or load_pipeline(model)
+    pipe = pipeline or load_pipeline(model, loras=loras)
     times["load"] = time.perf_counter() - t
 
     t = time.perf_counter()

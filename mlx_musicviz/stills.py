@@ -69,10 +69,11 @@ def _fit(draw, label: str, width: float) -> str:
 
 
 def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prompts=None, model=DEFAULT_MODEL,
-            seed: int = 0, size=512, vae: str = "tiny", batch_size: int = 2, pipeline=None) -> Path:
+            seed: int = 0, size=512, vae: str = "tiny", batch_size: int = 2, loras=(), pipeline=None) -> Path:
     """Write a still of `prompt` to `output` (PNG, JPEG, ...), or with `notes` a sheet of the prompt and
     its 12 note prompts (default: Scriabin's colours, as render derives them) captioned with their notes.
 
+    loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
     Costs one generation per image (13 with `notes`). Raises MusicvizError on bad input; the file is
     written atomically.
     """
@@ -85,7 +86,7 @@ def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prom
     prompts = [prompt]
     if notes or note_prompts is not None:
         prompts += list(note_prompts) if note_prompts is not None else default_note_prompts(prompt)
-    pipe = pipeline or load_pipeline(model)
+    pipe = pipeline or load_pipeline(model, loras=loras)
     images = preview_images(pipe, prompts, size, seed, batch_size, vae)
     picture = contact_sheet(images, ["base: " + prompt] + [f"{n}: {p}" for n, p in zip(NOTE_NAMES, prompts[1:])]) \
         if len(prompts) > 1 else Image.fromarray(images[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from ..cli import LORA_OPTION, friendly_errors, main
 
 
 @main.command()
@@ -19,8 +19,9 @@ from ..cli import friendly_errors, main
 @click.option("--quantize", "quantize_components", default="text_encoder,unet,vae_large", show_default=True,
               help="Comma-separated components to quantize (add vae for the tiny VAE).")
 @click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
+@LORA_OPTION
 @friendly_errors
-def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed):
+def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed, loras):
     """Convert SRC (a diffusers folder, a hub repo id, or an MLX checkpoint) into an MLX checkpoint DST.
 
     DST defaults to weights/<name of SRC>.
@@ -30,6 +31,7 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
       musicviz-mlx convert IDKiro/sdxs-512-0.9
       musicviz-mlx convert ./sdxs-512-dreamshaper weights/dreamshaper --dtype float16
       musicviz-mlx convert weights/sdxs-512-0.9 weights/sdxs-512-0.9-q4 --bits 4 --mixed
+      musicviz-mlx convert weights/sdxs-512-0.9 weights/ink-q8 --lora ink.safetensors:0.8 --bits 8
     """
     from pathlib import Path
 
@@ -39,5 +41,7 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
         dst = Path("weights") / Path(src.rstrip("/")).name.replace(":", "-")  # random:tiny -> random-tiny
     quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
     out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
-                             group_size=int(group_size), quantize=quantize, mixed=mixed)
-    click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size})" if bits else ""))
+                             group_size=int(group_size), quantize=quantize, mixed=mixed, loras=loras)
+    fused = f", {len(loras)} LoRA{'s' if len(loras) > 1 else ''} fused" if loras else ""
+    click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size}{fused})" if bits else
+                                              (f" ({fused[2:]})" if fused else "")))

@@ -133,6 +133,7 @@ def convert_checkpoint(
     group_size: int = 64,
     quantize: tuple[str, ...] = DEFAULT_QUANTIZED,
     mixed: bool | dict[str, int | None] = False,
+    loras=(),
 ) -> Path:
     """Convert `src` (diffusers folder, hub repo id, or MLX checkpoint) into the MLX checkpoint `dst`.
 
@@ -142,6 +143,8 @@ def convert_checkpoint(
     bits, group_size: quantize the components named in `quantize` (4 or 8 bits; 32, 64 or 128).
     mixed: True keeps the sensitive layers (MIXED_PRESET) at 8 bits; or a dict of module-path
     patterns -> bits (None: float).
+    loras: LoRA files fused into the float weights before quantizing, as `load_pipeline` takes them;
+    the record lists them with their scales.
     `src` may also be `random:NAME`: the random weights `load_pipeline("random:NAME")` builds.
     Nothing is left at `dst` if conversion fails.
     """
@@ -150,7 +153,7 @@ def convert_checkpoint(
             raise MusicvizError(f"{src} has no revisions: its weights are built here, not downloaded")
         with tempfile.TemporaryDirectory(prefix="musicviz-random-") as folder:
             source = write_random_checkpoint(str(src)[len("random:"):], Path(folder))
-            return convert_checkpoint(source, dst, dtype, None, components, bits, group_size, quantize, mixed)
+            return convert_checkpoint(source, dst, dtype, None, components, bits, group_size, quantize, mixed, loras)
     if dtype != "auto" and dtype not in DTYPES:
         raise MusicvizError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
     unknown = sorted(set(quantize) - set(COMPONENTS))
@@ -177,13 +180,16 @@ def convert_checkpoint(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _folder_beside(dst)
     try:
-        dtypes, plans = {}, {}
+        dtypes, plans, parts = {}, {}, {}
         for name in wanted:
             plan = component_plan(record_in, name, str(folder / RECORD_NAME))
             if record_in is not None:
-                config, weights = load_converted_component(folder / name, cast)
+                parts[name] = (*load_converted_component(folder / name, cast), plan)
             else:
-                config, weights = convert_component(folder / name, cast)
+                parts[name] = (*convert_component(folder / name, cast), plan)
+        fused_loras = _fuse_loras(parts, loras)
+        for name in wanted:
+            config, weights, plan = parts.pop(name)
             if bits and name in quantize:
                 if plan is not None:
                     raise MusicvizError(f"{src} is already quantized ({name}); convert from its float checkpoint")
@@ -208,12 +214,29 @@ def convert_checkpoint(
         }
         if plans:
             record["quantization"] = plans
+        if (record_in or {}).get("loras") or fused_loras:
+            record["loras"] = [*(record_in or {}).get("loras", []), *fused_loras]
         write_json(tmp / RECORD_NAME, record)
         replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def _fuse_loras(parts: dict, loras) -> list[dict]:
+    """Fuse `loras` (as `load_pipeline` takes them) into the weights of `parts` ({name: (config, weights,
+    plan)}), in place; returns what the record keeps of them."""
+    from ..lora import fuse_lora, lora_argument
+
+    done = []
+    for lora in loras:
+        params = {name: weights for name, (_, weights, _) in parts.items() if name in ("unet", "text_encoder")}
+        fused, record = fuse_lora(params, *lora_argument(lora))
+        for name, changed in fused.items():
+            params[name].update(changed)
+        done.append(record)
+    return done
 
 
 def _folder_beside(path: Path) -> Path:

@@ -85,13 +85,14 @@ def apply_change(generator: Generator, name, value) -> str | None:
 def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: float = 24, seed: int = 0,
          motion: float = 0.25, mode: str = "focus", grid: str = "quarter", host: str = "127.0.0.1", port: int = 8765,
          open_browser: bool = True, osc_port: int | None = None, batch_size: int = 1, ahead: float = 3.0,
-         pipeline=None, on_ready=None, stop: threading.Event | None = None) -> None:
+         loras=(), pipeline=None, on_ready=None, stop: threading.Event | None = None) -> None:
     """Serve the live page for `song` (a path), or with `input` for a live audio input (a device's
     index or name, see `audio_input.find_device`; song None), until interrupted (or `stop` is set).
 
     size: frame size as `render` takes it (256 by default: a quarter of 512's cost). fps: the song's
     frame grid, 1 to 60. host: 127.0.0.1 by default; any other address needs the token printed with
     the URL. osc_port: also take /prompt s, /motion f, /seed i, /mode s over OSC (UDP) there.
+    loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
     on_ready(url): called once the server listens (default: print the URL).
     Raises MusicvizError on bad input, a port in use or an unreadable song.
     """
@@ -107,7 +108,7 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     if input is not None:
         if song is not None:
             raise MusicvizError("give a song or --input, not both")
-        _follow_input(input, settings, model, size, fps, pipeline, loop,
+        _follow_input(input, settings, lambda: pipeline or load_pipeline(model, loras=loras), size, fps, loop,
                       lambda generator, state: _serve(loop, state, generator, None, host, port, open_browser, osc_port,
                                                       on_ready, stop))
         return
@@ -115,20 +116,20 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
         raise MusicvizError("give a song to play, or --input for a live audio input")
     path = Path(song)
     features = analyze(path, fps=fps)
-    pipe = pipeline or load_pipeline(model)
+    pipe = pipeline or load_pipeline(model, loras=loras)
     frames = SongFrames(pipe, features, settings, size=size, batch_size=batch_size)
     state = LiveState(frames.fps)
     generator = Generator(frames, lambda i, jpeg: loop.call_soon_threadsafe(state.add_frame, i, jpeg), ahead=ahead)
     _serve(loop, state, generator, path, host, port, open_browser, osc_port, on_ready, stop)
 
 
-def _follow_input(device, settings, model, size, fps, pipeline, loop, serve_with) -> None:
-    """Open the input, then serve frames that follow it while a thread feeds its blocks to the analyzer."""
+def _follow_input(device, settings, load, size, fps, loop, serve_with) -> None:
+    """Open the input, load the pipeline (`load()`), then serve frames that follow it while a thread feeds its blocks to the analyzer."""
     from .audio_input import open_input
     from .follow import InputFrames, InputGenerator
 
     with open_input(device) as source:
-        pipe = pipeline or load_pipeline(model)
+        pipe = load()
         frames = InputFrames(pipe, settings, size=size, rate=source.rate)
         state = LiveState(fps, follows_input=True)
         latency = source.block / source.rate + float(getattr(source.stream, "latency", 0.0) or 0.0)

@@ -1,0 +1,206 @@
+"""LoRA files (diffusers/PEFT and kohya formats) fused into the UNet and text encoder, against diffusers'
+`load_lora_weights` + `fuse_lora(lora_scale=s)` on the same random LoRA; files that do not fit."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from reference import nchw, rel_l2
+from safetensors import safe_open
+
+from mlx_musicviz import load_pipeline
+from mlx_musicviz.errors import MusicvizError
+from mlx_musicviz.lora import parse_lora
+
+PROMPT = "a jazz trumpet in a neon-lit street, oil painting"
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "time_emb_proj"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+LAYERS = {"unet": 135, "text_encoder": 12}  # the small checkpoint's layers these targets name
+
+
+def _random_adapter(model, config, seed: int, size: float):
+    """Add `config`'s adapter to `model` with random A (unit-variance outputs) and B (entries of `size`)."""
+    from peft.utils import get_peft_model_state_dict
+
+    model.add_adapter(config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.copy_(torch.randn_like(param) / np.sqrt(np.prod(param.shape[1:])))
+            elif "lora_B" in name:
+                param.copy_(torch.randn_like(param) * size)
+    return get_peft_model_state_dict(model)
+
+
+@pytest.fixture(scope="module")
+def lora_files(small_checkpoint, tmp_path_factory):
+    """A random LoRA of the small checkpoint's UNet (rank 4, alpha 8, attention, feed-forward and
+    convolutions) and text encoder (rank 2, alpha 2), in diffusers' format (saved by diffusers) and in
+    kohya's (the same tensors renamed, alphas as tensors)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("lora")
+    pipe = StableDiffusionPipeline.from_pretrained(small_checkpoint["diffusers"], safety_checker=None,
+                                                   requires_safety_checker=False)
+    unet_config = LoraConfig(r=4, lora_alpha=8, target_modules=UNET_TARGETS)
+    text_config = LoraConfig(r=2, lora_alpha=2, target_modules=TEXT_TARGETS)
+    unet = _random_adapter(pipe.unet, unet_config, 5, 0.05)  # PEFT's names: lora_A, lora_B
+    # diffusers' names for a text encoder's layers: lora_linear_layer.down, .up
+    text = convert_state_dict_to_diffusers(_random_adapter(pipe.text_encoder, text_config, 6, 0.05))
+    StableDiffusionPipeline.save_lora_weights(folder / "diffusers", unet_lora_layers=unet, text_encoder_lora_layers=text,
+                                              unet_lora_adapter_metadata=unet_config.to_dict(),
+                                              text_encoder_lora_adapter_metadata=text_config.to_dict())
+    diffusers_file = folder / "diffusers" / "pytorch_lora_weights.safetensors"
+    kohya = {}
+    with safe_open(str(diffusers_file), framework="numpy") as f:
+        for key in f.keys():
+            component, rest = key.split(".", 1)
+            module, kind = rest.rsplit(".lora_", 1) if ".lora_" in rest else rest.rsplit(".lora.", 1)
+            module = module.removesuffix(".lora_linear_layer").removeprefix("text_model.")
+            prefix = "lora_unet_" if component == "unet" else "lora_te_text_model_"  # as kohya names CLIP's layers
+            name = prefix + module.replace(".", "_")
+            down = "lora_A" in key or ".down." in key
+            kohya[f"{name}.lora_{'down' if down else 'up'}.weight"] = f.get_tensor(key)
+            kohya[f"{name}.alpha"] = np.array(8.0 if component == "unet" else 2.0, np.float32)
+    save_file(kohya, str(folder / "kohya.safetensors"))
+    return {"diffusers": diffusers_file, "kohya": folder / "kohya.safetensors"}
+
+
+def _reference(small_checkpoint, lora, scale):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(small_checkpoint["diffusers"], safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay
+    pipe.set_progress_bar_config(disable=True)
+    for component in ("unet", "text_encoder"):  # diffusers fused every layer of the file (it can drop some)
+        before = small_checkpoint[component].state_dict()
+        changed = {k for k, v in getattr(pipe, component).state_dict().items() if not torch.equal(v, before[k])}
+        assert len(changed) == LAYERS[component], (component, len(changed))
+    return pipe
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+@pytest.mark.parametrize("scale", [1.0, 0.6])
+def test_a_fused_lora_matches_diffusers(small_checkpoint, lora_files, form, scale):
+    ref = _reference(small_checkpoint, lora_files[form], scale)
+    pipe = load_pipeline(small_checkpoint["mlx"], loras=[(lora_files[form], scale)])
+    assert [r["scale"] for r in pipe.record["loras"]] == [scale]
+    with safe_open(str(lora_files["diffusers"]), framework="numpy") as f:  # every layer of the file is fused
+        ups = [k.split(".")[0] for k in f.keys() if k.endswith(("lora_B.weight", ".up.weight"))]
+    assert pipe.record["loras"][0]["layers"] == {"unet": ups.count("unet"), "text_encoder": ups.count("text_encoder")}
+    assert {"unet": ups.count("unet"), "text_encoder": ups.count("text_encoder")} == LAYERS
+    # the text encoder
+    with torch.no_grad():
+        embeddings = ref.encode_prompt([PROMPT], "cpu", 1, False)[0].numpy()
+    got = np.array(pipe.encode_prompt([PROMPT]))
+    assert rel_l2(got, embeddings) <= 1e-4
+    # the UNet, on the same latents and embeddings
+    latents = np.random.default_rng(1).standard_normal((1, 16, 16, 4)).astype(np.float32)
+    with torch.no_grad():
+        t = torch.tensor([pipe.scheduler.timestep])
+        noise = ref.unet(nchw(latents), t, encoder_hidden_states=torch.from_numpy(embeddings)).sample.numpy()
+    got_noise = np.array(pipe.predict_noise(mx.array(latents), mx.array(embeddings)))
+    assert rel_l2(got_noise, noise.transpose(0, 2, 3, 1)) <= 1e-4
+    # the one-step image
+    with torch.no_grad():
+        image = ref([PROMPT], latents=nchw(latents), num_inference_steps=1, height=128, width=128, guidance_scale=0.0,
+                    output_type="np").images
+    expected = (image * 255).round().astype(np.uint8)
+    frame = np.array(pipe.generate(mx.array(latents), pipe.encode_prompt([PROMPT])))
+    within = np.mean(np.abs(frame.astype(int) - expected.astype(int)) <= 1)
+    print(f"{form} x{scale}: text encoder {rel_l2(got, embeddings):.2e}, UNet {rel_l2(got_noise, noise.transpose(0, 2, 3, 1)):.2e}, "
+          f"pixels within 1/255 {within:.4%}")
+    assert within >= 0.999
+    plain = load_pipeline(small_checkpoint["mlx"])  # the LoRA changes the embeddings and the noise predicted
+    assert rel_l2(np.array(plain.encode_prompt([PROMPT])), got) > 0.05
+    assert rel_l2(np.array(plain.predict_noise(mx.array(latents), mx.array(embeddings))), got_noise) > 0.05 * scale
+
+
+def test_a_lora_fuses_before_quantizing_and_the_record_says_so(small_checkpoint, lora_files):
+    pipe = load_pipeline(small_checkpoint["mlx"], loras=[str(lora_files["kohya"])], bits=8)
+    assert pipe.quantization["unet"]["bits"] == 8 and pipe.record["loras"][0]["file"] == "kohya.safetensors"
+    float_pipe = load_pipeline(small_checkpoint["mlx"], loras=[str(lora_files["kohya"])])
+    latents = mx.random.normal((1, 16, 16, 4), key=mx.random.key(2))
+    a = np.array(pipe.generate(latents, pipe.encode_prompt([PROMPT])), np.int32)
+    b = np.array(float_pipe.generate(latents, float_pipe.encode_prompt([PROMPT])), np.int32)
+    assert np.mean(np.abs(a - b)) < 3
+    with pytest.raises(MusicvizError, match="quantized; LoRAs fuse into float weights"):
+        pipe.fuse_lora(lora_files["kohya"])
+
+
+def test_loras_that_do_not_fit_are_one_clear_error(small_checkpoint, lora_files, tmp_path):
+    from safetensors.numpy import save_file
+
+    layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"unet.{layer}.lora_A.weight": np.zeros((2, 7), np.float32),  # made for a layer of 7 inputs
+               f"unet.{layer}.lora_B.weight": np.zeros((64, 2), np.float32)}, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(MusicvizError, match=rf"does not fit this model: unet layer {layer} is \(64, 64\) but the "
+                                            r"LoRA makes \(64, 7\)"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "wide.safetensors"])
+    save_file({"unet.mid_block.attentions.0.proj_in.lora_A.weight": np.zeros((2, 64), np.float32),
+               "unet.mid_block.attentions.0.proj_in.lora_B.weight": np.zeros((64, 2), np.float32)},
+              str(tmp_path / "sd15.safetensors"))  # the small sdxs layout has no mid block
+    with pytest.raises(MusicvizError, match="does not fit this model: its unet has no layer mid_block"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "sd15.safetensors"])
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(lora_files["kohya"].read_bytes()[:1000])
+    with pytest.raises(MusicvizError, match="not a readable safetensors LoRA file"):
+        load_pipeline(small_checkpoint["mlx"], loras=[truncated])
+    with pytest.raises(MusicvizError, match="LoRA file not found"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "nope.safetensors"])
+    save_file({"lora_unet_no_such_layer.lora_down.weight": np.zeros((2, 4), np.float32),
+               "lora_unet_no_such_layer.lora_up.weight": np.zeros((4, 2), np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(MusicvizError, match="lora_unet_no_such_layer.lora_down.weight names no layer of its unet"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "other.safetensors"])
+    with pytest.raises(MusicvizError, match="LoRA scale must be a finite number"):
+        load_pipeline(small_checkpoint["mlx"], loras=[(lora_files["kohya"], "strong")])
+
+
+def test_lora_arguments_read_path_and_scale():
+    assert parse_lora("style.safetensors") == ("style.safetensors", 1.0)
+    assert parse_lora("style.safetensors:0.7") == ("style.safetensors", 0.7)
+    assert parse_lora("C:\\loras\\style.safetensors") == ("C:\\loras\\style.safetensors", 1.0)
+    with pytest.raises(MusicvizError, match="LoRA scale must be a number, got 'strong'"):
+        parse_lora("style.safetensors:strong")
+
+
+def test_the_commands_take_loras_and_say_what_is_wrong_in_one_line(small_checkpoint, lora_files, tmp_path):
+    from render_helpers import error_lines, run_cli, wav
+
+    still = tmp_path / "still.png"
+    done = run_cli("preview", "-p", PROMPT, "--model", small_checkpoint["mlx"], "--size", "128", "-o", still,
+                   "--lora", f"{lora_files['kohya']}:0.5", "--lora", lora_files["diffusers"])
+    assert done.exit_code == 0 and still.is_file(), done.output
+    song = wav(tmp_path / "song.wav", 0.5)
+    for lora, needle in ((f"{lora_files['kohya']}:strong", "LoRA scale must be a number, got 'strong'"),
+                         (tmp_path / "missing.safetensors", "LoRA file not found")):
+        bad = run_cli("render", song, "-p", "x", "--model", small_checkpoint["mlx"], "--size", "64", "--lora", lora,
+                      "-o", tmp_path / "v.mp4")
+        assert bad.exit_code == 1 and [needle in line for line in error_lines(bad)] == [True], bad.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_convert_fuses_loras_before_quantizing_and_records_them(small_checkpoint, lora_files, tmp_path):
+    from render_helpers import run_cli
+
+    done = run_cli("convert", small_checkpoint["diffusers"], tmp_path / "q8", "--bits", "8",
+                   "--lora", f"{lora_files['kohya']}:0.6")
+    assert done.exit_code == 0 and "1 LoRA fused" in done.output, done.output
+    converted = load_pipeline(tmp_path / "q8")
+    in_memory = load_pipeline(small_checkpoint["mlx"], loras=[(lora_files["kohya"], 0.6)], bits=8)
+    [record] = converted.record["loras"]
+    assert (record["file"], record["scale"]) == ("kohya.safetensors", 0.6) and converted.quantization["unet"]["bits"] == 8
+    latents = mx.random.normal((1, 16, 16, 4), key=mx.random.key(4))
+    a = np.array(converted.generate(latents, converted.encode_prompt([PROMPT])))
+    b = np.array(in_memory.generate(latents, in_memory.encode_prompt([PROMPT])))
+    assert np.array_equal(a, b)  # the stored checkpoint is the one load_pipeline fuses and quantizes
+    again = run_cli("convert", tmp_path / "q8", tmp_path / "again", "--lora", lora_files["kohya"])
+    assert again.exit_code == 1 and "quantized; LoRAs fuse into float weights" in again.stderr
