@@ -74,18 +74,16 @@ def lora_argument(lora) -> tuple[str | os.PathLike, float]:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    from safetensors import SafetensorError, safe_open
-
+    """(float32 tensors, header metadata) of a safetensors file."""
     if not path.is_file():
         raise MusicvizError(f"LoRA file not found: {path}")
+    if path.suffix.lower() != ".safetensors":
+        raise MusicvizError(f"{path} is not a .safetensors file (LoRAs are read from safetensors only)")
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
+        weights, metadata = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError, OSError) as e:
         raise MusicvizError(f"{path} is not a readable safetensors LoRA file ({str(e).splitlines()[0]})") from None
-    except TypeError:  # bfloat16 tensors: numpy has no such type; mlx reads them
-        weights = mx.load(str(path))
-        return {k: np.array(v.astype(mx.float32)) for k, v in weights.items()}, {}
+    return {k: np.array(v.astype(mx.float32)) for k, v in weights.items()}, dict(metadata or {})
 
 
 def _split(key: str) -> tuple[str, str, bool, str, str]:
@@ -130,7 +128,7 @@ def read_lora(path, names: dict[str, set[str]]) -> dict[str, dict[str, LoraLayer
     if not tensors:
         raise MusicvizError(f"{path} holds no tensors: not a LoRA file")
     parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for key, value in tensors.items():
+    for key, value in sorted(tensors.items()):  # the first mismatch named is the same every time
         component, module, underscored, kind, _ = _split(key)
         table = _aliases(names.get(component, ()), underscored)
         if underscored and module not in table:
