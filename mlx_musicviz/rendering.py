@@ -24,6 +24,7 @@ from .checks import check_audio, check_fps, check_inputs, frame_size
 from .errors import MusicvizError
 from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL, load_pipeline
+from .sharing import agree, encode_unit, launched_group, share_render, unit_frames
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker
 
@@ -162,50 +163,62 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).
     """
-    t0 = time.perf_counter()
-    times = {}
-    check_audio(audio)
-    check_fps(fps)
-    if progress is not None and not callable(progress):
-        raise MusicvizError(f"progress must be a function called as progress(done, total), not {progress!r:.40}")
-    width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
-    if not 0 <= crf <= MAX_CRF:
-        raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
-    if not isinstance(cadence, (int, np.integer)) or cadence < 1:
-        raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
-    output = default_output(audio) if output is None else output
-    if same_file(output, audio):
-        raise MusicvizError(f"the output {output} is the song itself: name another output")
-    output = check_video_path(output)
+    group = launched_group()  # several processes under mlx.launch share the render
+    try:
+        t0 = time.perf_counter()
+        times = {}
+        check_audio(audio)
+        check_fps(fps)
+        if progress is not None and not callable(progress):
+            raise MusicvizError(f"progress must be a function called as progress(done, total), not {progress!r:.40}")
+        width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
+        if not 0 <= crf <= MAX_CRF:
+            raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
+        if not isinstance(cadence, (int, np.integer)) or cadence < 1:
+            raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
+        output = default_output(audio) if output is None else output
+        if same_file(output, audio):
+            raise MusicvizError(f"the output {output} is the song itself: name another output")
+        output = check_video_path(output) if group is None or group.rank() == 0 else Path(output)
 
-    features = analyze(audio, fps=fps, start=start, duration=duration)
-    times["analysis"] = time.perf_counter() - t0
+        features = analyze(audio, fps=fps, start=start, duration=duration)
+        times["analysis"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    pipe = pipeline or load_pipeline(model, loras=loras)
-    times["load"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pipe = pipeline or load_pipeline(model, loras=loras)
+        times["load"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    warnings = [RANDOM_WEIGHTS_WARNING] if pipe.is_random else []
-    if short_window(features, duration):
-        warnings.append(short_window(features, duration))
-    bases = list(section_prompts) if section_prompts else [prompt]
-    notes = list(note_prompts) if note_prompts else default_note_prompts(prompt)
-    limit = pipe.tokenizer.model_max_length - 2
-    cut = [p for p in bases + notes if pipe.tokenizer.count_tokens(p) > limit]
-    if cut:
-        warnings.append(f"{len(cut)} of the {len(bases + notes)} prompts are longer than {limit} tokens and "
-                        f"truncated: {cut[0][:40]!r}...")
-    embeds = pipe.encode_prompt(bases + notes)
-    mx.eval(embeds)
-    noise_walk, prompt_walk = make_walkers(features, pipe, embeds, len(bases), size, seed, noise, mode)
-    times["prompts"] = time.perf_counter() - t
+        t = time.perf_counter()
+        warnings = [RANDOM_WEIGHTS_WARNING] if pipe.is_random else []
+        if short_window(features, duration):
+            warnings.append(short_window(features, duration))
+        bases = list(section_prompts) if section_prompts else [prompt]
+        notes = list(note_prompts) if note_prompts else default_note_prompts(prompt)
+        limit = pipe.tokenizer.model_max_length - 2
+        cut = [p for p in bases + notes if pipe.tokenizer.count_tokens(p) > limit]
+        if cut:
+            warnings.append(f"{len(cut)} of the {len(bases + notes)} prompts are longer than {limit} tokens and "
+                            f"truncated: {cut[0][:40]!r}...")
+        embeds = pipe.encode_prompt(bases + notes)
+        mx.eval(embeds)
+        noise_walk, prompt_walk = make_walkers(features, pipe, embeds, len(bases), size, seed, noise, mode)
+        times["prompts"] = time.perf_counter() - t
 
-    n = features.n_frames
-    noise = noise or NoiseWalkConfig()
-    fingerprint = render_fingerprint(
-        audio, pipe, prompts=bases + notes, fps=fps, seed=int(seed), size=[width, height], start=start,
-        duration=duration, mode=mode, batch_size=batch_size, vae=vae, noise=dataclasses.asdict(noise), cadence=cadence)
+        n = features.n_frames
+        noise = noise or NoiseWalkConfig()
+        fingerprint = render_fingerprint(
+            audio, pipe, prompts=bases + notes, fps=fps, seed=int(seed), size=[width, height], start=start,
+            duration=duration, mode=mode, batch_size=batch_size, vae=vae, noise=dataclasses.asdict(noise), cadence=cadence)
+
+    except Exception as e:  # every process stops, with the first one's reason
+        if group is not None:
+            agree(group, str(e) if isinstance(e, MusicvizError) else f"{type(e).__name__}: {e}")
+        raise
+    if group is not None:
+        agree(group, None)
+        return _render_shared(group, pipe, noise_walk, prompt_walk, features, output, (width, height), fps, crf,
+                              fingerprint, resume, batch_size, cadence, vae, (audio, start, duration), progress,
+                              warnings, times, t0)
 
     model_time = encode_time = 0.0
     mx.reset_peak_memory()
@@ -252,4 +265,47 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         peak_memory=int(mx.get_peak_memory()),
         peak_rss=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, warnings=warnings,
         keyframes=len(keyframe_indices(n, cadence)), resumed=video.resumed,
+    )
+
+
+def _render_shared(group, pipe, noise_walk, prompt_walk, features, output, size, fps, crf, fingerprint, resume,
+                   batch_size, cadence, vae, song, progress, warnings, times, t0) -> RenderResult:
+    """`render`'s frames made by every process of `group` in units (see `sharing`); rank 0 keeps them
+    beside `output` and joins them with the song."""
+    import contextlib
+
+    n, unit = features.n_frames, unit_frames(fps, batch_size, cadence, SEGMENT_VIDEO_SECONDS)
+
+    def make_unit(first: int) -> np.ndarray:
+        images = []
+        for frames, latents in denoised_latents(pipe, noise_walk, prompt_walk, n, batch_size, cadence, first):
+            inside = int(np.sum(frames < first + unit))
+            if inside:
+                images.append(np.array(pipe.decode(latents[:inside], vae)))
+            if inside < len(frames):
+                break
+        return np.concatenate(images)
+
+    mx.reset_peak_memory()
+    rank0 = group.rank() == 0
+    video = (SegmentedVideo(output, *size, fps, crf, fingerprint, resume, unit, float("inf"), total_frames=n,
+                            unit_frames=unit) if rank0 else contextlib.nullcontext())
+    with video:
+        if rank0 and video.discarded:
+            warnings.append(f"{video.discarded} frames kept from an earlier render of {output.name} with other "
+                            "settings were thrown away")
+        resumed = video.frames_done if rank0 else 0
+        shared = share_render(group, video if rank0 else None, make_unit,
+                              lambda images: encode_unit(images, *size, fps, crf), n, progress if rank0 else None)
+        t = time.perf_counter()
+        if rank0:
+            output = video.finish(*soundtrack(*song))
+        join_time = time.perf_counter() - t
+    times.update(model=shared["model"], encode=shared["encode"] + join_time, transfer=shared["transfer"],
+                 units=shared["units"], total=time.perf_counter() - t0)
+    return RenderResult(
+        output=output, frames=n, fps=float(fps), duration=features.duration, times=times,
+        peak_memory=int(mx.get_peak_memory()),
+        peak_rss=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, warnings=warnings,
+        keyframes=len(keyframe_indices(n, cadence)), resumed=resumed,
     )

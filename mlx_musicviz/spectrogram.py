@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import decode_file, finite_samples
+from .audio import decode_file, find_audio, finite_samples
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 
 METADATA_KEY = "musicviz-mel"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma")
 
 
 MAX_SIDE = 65535  # pixels: the most a PNG tile's side may be here (height = mel bands, width = columns)
@@ -177,18 +176,6 @@ def save_png(image, metadata: dict, path: Path) -> None:
     info.add_text(METADATA_KEY, json.dumps(metadata))
     with atomic_output(path, make_parents=True) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-
-
-def find_audio(src: Path) -> list[Path]:
-    src = Path(src)
-    if src.is_file():
-        return [src]
-    if not src.is_dir():
-        raise MusicvizError(f"not found: {src}")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise MusicvizError(f"no audio files under {src} (looked for {', '.join(AUDIO_SUFFIXES)})")
-    return files
 
 
 def folder_to_images(src: Path, out: Path, p: MelParams, progress=None) -> tuple[list[Path], list[tuple[Path, str]]]:

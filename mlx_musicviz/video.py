@@ -175,7 +175,9 @@ class SegmentedVideo:
     another fingerprint are thrown away, as they are with `resume=False`. `frames_done` frames are
     already kept: write from that frame on. With `total_frames` given, the video holds exactly that
     many: kept segments reaching past it are thrown away, a frame past it is refused, and `finish`
-    joins nothing short of it.
+    joins nothing short of it. With `unit_frames` (a render shared among processes), segments are
+    units [k * unit_frames, (k + 1) * unit_frames) made in any order and handed in by `keep`; those kept
+    are resumed whatever lies between them (`missing` lists the rest).
 
     Every I/O failure (a full disk, a name too long, no permission) is a MusicvizError with one line;
     the finished segments stay as they were, for the same render run again to continue from.
@@ -183,7 +185,7 @@ class SegmentedVideo:
 
     def __init__(self, output: str | os.PathLike, width: int, height: int, fps: float, crf: int,
                  fingerprint: dict, resume: bool = True, segment_frames: int = 300, segment_seconds: float = 60.0,
-                 total_frames: int | None = None):
+                 total_frames: int | None = None, unit_frames: int | None = None):
         self.target = check_video_path(output)
         self.folder = parts_folder(self.target)
         self._lock_path = self.folder.with_name(self.folder.name + ".lock")
@@ -197,7 +199,7 @@ class SegmentedVideo:
             self._lock.close()
             raise MusicvizError(f"another render is writing {self.target} now") from None
         try:
-            self.total_frames = total_frames
+            self.total_frames, self.unit_frames = total_frames, unit_frames
             self._start(width, height, fps, crf, fingerprint, resume, segment_frames, segment_seconds)
         except BaseException:
             self._unlock()
@@ -224,16 +226,39 @@ class SegmentedVideo:
                 raise MusicvizError(f"cannot write the render's segments beside {self.target}: {e.strerror or e}") from None
         self.paths, self.frames_done = [], 0
         for first, count, path in segments:  # contiguous from frame 0; anything after a gap (or the end) is redone
+            if self.unit_frames is not None:  # shared: whole units, in any order
+                if first % self.unit_frames == 0 and count == self._unit_length(first):
+                    self.paths.append(path)
+                    self.frames_done += count
+                continue
             if first != self.frames_done or (self.total_frames is not None and first + count > self.total_frames):
                 break
             self.paths.append(path)
             self.frames_done += count
-        for _, _, path in segments[len(self.paths):]:
+        for _, _, path in [s for s in segments if s[2] not in self.paths]:
             with _io_errors(f"cannot remove {path}"):
                 path.unlink()
         self.resumed = self.frames_done
         self._writer = None
         self._opened = 0.0
+
+    def _unit_length(self, first: int) -> int:
+        return min(self.unit_frames, self.total_frames - first)
+
+    def missing(self) -> list[int]:
+        """The first frames of the units not yet kept (a shared render)."""
+        kept = {int(_SEGMENT_NAME.match(path.name)[1]) for path in self.paths}
+        return [first for first in range(0, self.total_frames, self.unit_frames) if first not in kept]
+
+    def keep(self, first: int, segment: bytes) -> None:
+        """Keep `segment`, the encoded unit starting at frame `first` (a shared render), made elsewhere."""
+        count = self._unit_length(first)
+        path = self.folder / f"{first:08d}+{count:06d}.mp4"
+        with _io_errors(f"cannot write the render's segments in {self.folder}"):
+            with atomic_output(path) as tmp:
+                Path(tmp).write_bytes(segment)
+        self.paths = sorted([*self.paths, path])
+        self.frames_done += count
 
     def _read_manifest(self):
         try:

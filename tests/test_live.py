@@ -333,3 +333,20 @@ def test_bad_input_is_one_line(tmp_path):
         assert result.returncode == 1, result.stderr
         lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+
+
+def test_the_stream_keeps_time_itself_when_no_page_plays(tmp_path):
+    """/stream.mjpg with no page open (OBS taking the feed of `live --no-open`): the server's clock moves
+    the playhead in real time and the stream shows the frames it passes."""
+    with live_server(beat_song(tmp_path / "beat.wav", 8)) as (url, proc):
+        reader = urllib.request.urlopen(url.rstrip("/") + "/stream.mjpg", timeout=60)
+        t0, jpegs = time.monotonic(), set()
+        while time.monotonic() - t0 < 5:
+            head = [reader.readline() for _ in range(4)]
+            assert head[0] == b"--frame\r\n", head
+            jpegs.add(reader.read(int(head[2].split(b":")[1])))
+            reader.readline()
+        playhead = get_json(stats_url(url))["playhead_s"]
+        reader.close()
+        assert 3.5 < playhead <= 8.0, playhead  # about the time the stream was watched
+        assert len(jpegs) >= 3  # the picture moves with it

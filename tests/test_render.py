@@ -221,3 +221,28 @@ def test_random_weights_are_in_the_results_warnings(long_prompt_render, tmp_path
     trained.record = {"source": str(tmp_path / "a-trained-model")}  # what a converted checkpoint's record says
     real = render((beeps(0.25), RATE), "x", output=tmp_path / "real.mp4", pipeline=trained, size=64, fps=8)
     assert RANDOM_WEIGHTS_WARNING not in real.warnings
+
+
+def test_many_songs_render_into_a_folder_skip_those_done_and_list_failures(tmp_path):
+    import soundfile
+
+    songs = tmp_path / "album"
+    songs.mkdir()
+    for name, seconds in (("one.wav", 0.5), ("two.flac", 0.75)):
+        soundfile.write(songs / name, beeps(seconds), RATE)
+    (songs / "broken.mp3").write_bytes(b"not audio at all")
+    args = ["render", str(songs), "-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "8", "-o",
+            str(tmp_path / "videos") + "/"]
+    first = cli(*args)
+    assert first.returncode == 1, first.stderr
+    assert sorted(os.listdir(tmp_path / "videos")) == ["one.mp4", "two.mp4"]
+    assert "2 rendered, 0 skipped, 1 failed" in first.stdout
+    assert [line for line in first.stderr.splitlines() if line.startswith("failed:")][0].startswith(
+        f"failed: {songs / 'broken.mp3'}: ")
+    assert first.stderr.strip().splitlines()[-1] == "error: 1 of 3 songs failed" and "Traceback" not in first.stderr
+    with av.open(str(tmp_path / "videos" / "two.mp4")) as c:
+        assert c.streams.video[0].frames == 6 and len(c.streams.audio) == 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "videos").iterdir()}
+    again = cli(*args)
+    assert again.returncode == 1 and "0 rendered, 2 skipped, 1 failed" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "videos").iterdir()} == stamps

@@ -13,9 +13,11 @@ without a steady pulse gets no beat grid (`beat_confidence`).
 
 from .beats import beat_confidence, onset_salience, track_beats
 from .decode import (
+                     AUDIO_SUFFIXES,
                      check_window,
                      decode_blocks,
                      decode_file,
+                     find_audio,
                      finite_samples,
                      is_sample_pair,
                      load_audio,
@@ -37,7 +39,7 @@ from .features import (
 from .grid import HOP, N_FFT, SAMPLE_RATE
 from .spectral import BANDS
 
-__all__ = ["BANDS", "HOP", "MAX_FPS", "MIN_FPS", "NOTE_NAMES", "N_FFT", "SAMPLE_RATE", "AudioFeatures", "analyze",
+__all__ = ["AUDIO_SUFFIXES", "BANDS", "HOP", "MAX_FPS", "MIN_FPS", "NOTE_NAMES", "N_FFT", "SAMPLE_RATE", "AudioFeatures", "analyze",
            "beat_confidence", "beat_summary", "check_window", "counted", "decode_blocks", "decode_file",
-           "finite_samples", "frame_count", "is_sample_pair", "load_audio", "onset_salience", "refine_to_attacks",
+           "find_audio", "finite_samples", "frame_count", "is_sample_pair", "load_audio", "onset_salience", "refine_to_attacks",
            "sample_pair", "short_window", "track_beats", "window_samples"]

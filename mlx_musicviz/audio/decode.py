@@ -350,3 +350,19 @@ def decode_file(path: Path, sr: int = SAMPLE_RATE, mono: bool = True, start: flo
         out = np.zeros((info.get("channels", 1), 0), np.float32)
     out = out[:, :n]
     return out[0] if mono else out
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma")
+
+
+def find_audio(src: Path) -> list[Path]:
+    """`src` itself (a file), or the audio files under the folder `src` (by suffix, sorted)."""
+    src = Path(src)
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise MusicvizError(f"not found: {src}")
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise MusicvizError(f"no audio files under {src} (looked for {', '.join(AUDIO_SUFFIXES)})")
+    return files

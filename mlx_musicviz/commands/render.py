@@ -16,12 +16,13 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     from ..note_prompts import read_note_prompts
     from ..pipeline import DEFAULT_MODEL
     from ..rendering import default_output, render, same_file
+    from ..sharing import is_helper
 
     model = model or DEFAULT_MODEL
     if note_prompts is not None:
         note_prompts = read_note_prompts(note_prompts)
     target = Path(output or default_output(song)).expanduser()
-    if target.is_file() and not same_file(target, song):
+    if target.is_file() and not same_file(target, song) and not is_helper():
         click.echo(f"warning: {target} exists; the new video replaces it when the render finishes", err=True)
     bar = {}
 
@@ -48,6 +49,8 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     finally:
         if bar:  # end the progress line, also before an error or "interrupted"
             click.echo("", err=True)
+    if is_helper():  # rank 0 of an mlx.launch group speaks for all
+        return
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     t = result.times
@@ -56,15 +59,18 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     click.echo(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps ({result.duration:.1f} s{keyframes}); "
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")
+    if "transfer" in t:  # shared by mlx.launch's processes
+        click.echo(f"shared: {t['units']} units made here; {t['transfer']:.2f} s waiting for and moving the others'")
 
 
 @main.command(name="render")
-@click.argument("song", type=click.Path())
+@click.argument("songs", nargs=-1, required=True, type=click.Path())
 @click.option("-p", "--prompt", required=True, help="What the video shows; 12 note prompts are derived from it.")
 @_render_options
 @friendly_errors
-def render_command(song, prompt, output, model, **kw):
-    """Render a music video of SONG driven by PROMPT.
+def render_command(songs, prompt, output, model, **kw):
+    """Render a music video of SONG driven by PROMPT; of several songs (or a folder of them) into the
+    folder -o names, one video each. Under `mlx.launch` the processes share the work.
 
     \b
     Examples:
@@ -74,8 +80,71 @@ def render_command(song, prompt, output, model, **kw):
       musicviz-mlx render song.mp3 -p "neon city" --cadence 3     # UNet on every 3rd frame
       musicviz-mlx note-prompts -p "neon city" > notes.txt   # edit, then:
       musicviz-mlx render song.mp3 -p "neon city" --note-prompts notes.txt --beat-grid half
+      musicviz-mlx render album/ -p "neon city" -o videos/    # every song; those done are skipped
+      mlx.launch --hostfile macs.json -- -m mlx_musicviz.cli render song.mp3 -p "neon city"
     """
-    _run_render(song, prompt, output, model, **kw)
+    from pathlib import Path
+
+    if len(songs) > 1 or Path(songs[0]).is_dir() or (output and (output.endswith(("/", "\\")) or Path(output).is_dir())):
+        _render_many(songs, prompt, output, model, **kw)
+    else:
+        _run_render(songs[0], prompt, output, model, **kw)
+
+
+def _render_many(songs, prompt, output, model, restart, **kw):
+    """Each song (or each audio file under a folder) into FOLDER/NAME.mp4, skipping those that exist
+    (unless --restart) and going on past failures, which are listed at the end (exit 1)."""
+    from ..audio import find_audio
+    from ..errors import MusicvizError
+    from ..sharing import is_helper, launched_group, rank0_says
+
+    folder = Path(output or ".").expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MusicvizError(f"cannot create the folder {folder}: {e.strerror or e}") from None
+    files, failures = [], []
+    for song in songs:
+        try:
+            files += find_audio(Path(song))
+        except MusicvizError as e:
+            failures.append((song, str(e)))
+    group, names, made, skipped = launched_group(), set(), 0, 0
+    for song in files:
+        target = folder / _unique_name(song, names)
+        if rank0_says(group, target.exists() and not restart):
+            if not is_helper():
+                click.echo(f"{song}: {target} is there already, skipped (--restart renders it again)")
+            skipped += 1
+            continue
+        if not is_helper():
+            click.echo(f"{song} -> {target}")
+        try:
+            _run_render(str(song), prompt, str(target), model, restart=restart, **kw)
+            made += 1
+        except MusicvizError as e:
+            failures.append((song, str(e)))
+            if not is_helper():
+                click.echo(f"error: {song}: {e}", err=True)
+    if is_helper():  # rank 0 reports (a helper that exits first with 1 would make mlx.launch stop it)
+        return
+    click.echo(f"{made} rendered, {skipped} skipped, {len(failures)} failed")
+    for song, why in failures:
+        click.echo(f"failed: {song}: {why}", err=True)
+    if failures:
+        raise MusicvizError(f"{len(failures)} of {made + skipped + len(failures)} songs failed")
+
+
+def _unique_name(song: Path, taken: set) -> str:
+    """NAME.mp4 for `song`, NAME-EXT.mp4 (then NAME-EXT-2.mp4, ...) where another song took NAME.mp4."""
+    name, k = f"{song.stem}.mp4", 1
+    if name in taken:
+        name = f"{song.stem}-{song.suffix.lstrip('.').lower()}.mp4"
+    while name in taken:
+        k += 1
+        name = f"{song.stem}-{song.suffix.lstrip('.').lower()}-{k}.mp4"
+    taken.add(name)
+    return name
 
 
 @main.command()

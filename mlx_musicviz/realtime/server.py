@@ -14,6 +14,7 @@ import json
 import mimetypes
 import secrets
 import struct
+import time
 from collections import deque
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class LiveState:
         self.gaps: deque = deque(maxlen=SYNC_WINDOW)  # milliseconds between frames shown, from the pages
         self.playhead = 0.0
         self.playing = False
+        self.clock_at = None  # monotonic seconds when the server's own clock last moved the playhead
         self.message = ""
         self.new_frame = asyncio.Event()
 
@@ -147,6 +149,19 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
     async def stats(request):
         return web.json_response(stats_json())
 
+    def server_clock() -> None:
+        """With no page open, a stream of the song keeps time itself: the playhead moves on in real time
+        (to the song's end) and the generator follows it. An open page's clock rules."""
+        now = time.monotonic()
+        if state.clients or state.follows_input:
+            state.clock_at = None
+            return
+        end = generator.frames.n_frames / state.fps
+        if state.clock_at is not None:  # several streams share one clock: each moves it by the time since the last
+            state.playhead = min(end, state.playhead + now - state.clock_at)
+        state.clock_at, state.playing = now, state.playhead < end
+        generator.follow(state.playhead, state.playing)
+
     async def mjpeg(request):
         response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
                                                "Cache-Control": "no-store"})
@@ -154,6 +169,7 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
         last = None
         try:
             while True:
+                server_clock()
                 made = state.frame_at(state.playhead)
                 if made is not None and made[0] != last:
                     last, jpeg = made
