@@ -301,8 +301,9 @@ def _render_shared(group, pipe, noise_walk, prompt_walk, features, output, size,
         if rank0:
             output = video.finish(*soundtrack(*song))
         join_time = time.perf_counter() - t
-    times.update(model=shared["model"], encode=shared["encode"] + join_time, transfer=shared["transfer"],
-                 units=shared["units"], total=time.perf_counter() - t0)
+    times.update(model=shared["model"], encode=shared["encode"] + join_time, units=shared["units"],
+                 waiting=shared["waiting"], transfer=shared["transfer"], moved=shared["bytes"],
+                 total=time.perf_counter() - t0)
     return RenderResult(
         output=output, frames=n, fps=float(fps), duration=features.duration, times=times,
         peak_memory=int(mx.get_peak_memory()),

@@ -67,12 +67,19 @@ def rank0_says(group, flag: bool) -> bool:
     return bool(np.array(mx.distributed.all_sum(mx.array(mine), group=group))[0])
 
 
-def gather_bytes(group, data: bytes) -> list[bytes]:
-    """`data` of every process, in rank order, on every process."""
+def gather_bytes(group, data: bytes, times: dict | None = None) -> list[bytes]:
+    """`data` of every process, in rank order, on every process. `times` adds up the seconds spent
+    waiting for the others ("waiting": the lengths' gather is a barrier) and moving the bytes ("transfer")."""
+    t = time.perf_counter()
     lengths = _gather(group, np.array([len(data)], np.int64))[:, 0]
+    t_moved = time.perf_counter()
     padded = np.zeros(max(int(lengths.max()), 1), np.uint8)
     padded[:len(data)] = np.frombuffer(data, np.uint8)
-    return [bytes(row[:length]) for row, length in zip(_gather(group, padded), lengths)]
+    rows = _gather(group, padded)
+    if times is not None:
+        times["waiting"] = times.get("waiting", 0.0) + t_moved - t
+        times["transfer"] = times.get("transfer", 0.0) + time.perf_counter() - t_moved
+    return [bytes(row[:length]) for row, length in zip(rows, lengths)]
 
 
 def unit_frames(fps: float, batch_size: int, cadence: int, seconds: float) -> int:
@@ -106,7 +113,7 @@ def encode_unit(images: np.ndarray, width: int, height: int, fps: float, crf: in
 def share_render(group, video, make_unit, encode, total: int, progress=None) -> dict:
     """Make the units `video` (rank 0's SegmentedVideo, None elsewhere) is missing, shared among the
     processes of `group`: `make_unit(first)` gives a unit's frames, `encode(frames)` its segment.
-    Returns {"model": s, "encode": s, "units": made here, "transfer": s}."""
+    Returns {"model": s, "encode": s, "units": made here, "waiting": s, "transfer": s, "bytes": moved}."""
     rank, size = group.rank(), group.size()
     missing = video.missing() if video else []
     # rank 0 knows what is kept: everyone learns it (a sum where only rank 0 adds anything)
@@ -115,7 +122,7 @@ def share_render(group, video, make_unit, encode, total: int, progress=None) -> 
     listed[:len(missing)] = missing
     missing = [int(v) for v in np.array(mx.distributed.all_sum(mx.array(listed), group=group))] if count else []
     speeds = np.ones(size)
-    times = {"model": 0.0, "encode": 0.0, "units": 0, "transfer": 0.0}
+    times = {"model": 0.0, "encode": 0.0, "units": 0, "waiting": 0.0, "transfer": 0.0, "bytes": 0}
     while missing:
         take = shares(speeds)
         starts = np.concatenate([[0], np.cumsum(take)])
@@ -132,13 +139,12 @@ def share_render(group, video, make_unit, encode, total: int, progress=None) -> 
             times["encode"] += time.perf_counter() - t_encode
         times["units"] += len(mine)
         spent = time.perf_counter() - t
-        t = time.perf_counter()
         payload = b"".join(len(data).to_bytes(8, "little") + first.to_bytes(8, "little") + data
                            for first, data in segments)
-        everyone = gather_bytes(group, payload)
+        everyone = gather_bytes(group, payload, times)
+        times["bytes"] += sum(map(len, everyone))
         measured = _gather(group, np.array([len(mine) / max(spent, 1e-6)], np.float32))[:, 0]
         speeds = np.where(measured > 0, measured, speeds)  # a process left idle keeps its last speed
-        times["transfer"] += time.perf_counter() - t
         if video is not None:
             for blob in everyone:
                 at = 0

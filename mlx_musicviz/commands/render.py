@@ -60,7 +60,8 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")
     if "transfer" in t:  # shared by mlx.launch's processes
-        click.echo(f"shared: {t['units']} units made here; {t['transfer']:.2f} s waiting for and moving the others'")
+        click.echo(f"shared: {t['units']} units made here; {t['waiting']:.2f} s waiting for the others, "
+                   f"{t['transfer']:.3f} s moving {t['moved'] / 2**20:.1f} MiB of segments")
 
 
 @main.command(name="render")
