@@ -11,7 +11,7 @@ keep_freed_memory()
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_pipeline": ".pipeline",
+    "load_pipeline": ".loading",
     "Pipeline": ".pipeline",
     "MusicvizError": ".errors",
     "analyze": ".audio",

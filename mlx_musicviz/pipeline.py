@@ -1,13 +1,11 @@
 """The one-step SDXS pipeline in MLX: tokenizer -> text encoder -> UNet (t=999) -> VAE decode.
 
-`load_pipeline` accepts an MLX checkpoint folder (`checkpoint_format`), a diffusers folder or a hub repo
-id; the latter two are converted once into the cache by `convert.resolve_model`.
+`Pipeline.from_folder` reads an MLX checkpoint folder (`checkpoint_format`); `loading.load_pipeline`
+also takes diffusers folders and hub ids, converted once into the cache.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -237,36 +235,3 @@ def _load_component(folder: Path, name: str, dtype):
 def to_uint8(images: mx.array) -> mx.array:
     """[-1, 1] floats -> uint8 with diffusers' rounding."""
     return mx.round(mx.clip(images.astype(mx.float32) / 2 + 0.5, 0, 1) * 255).astype(mx.uint8)
-
-
-def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
-                  bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=()) -> Pipeline:
-    """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
-    `random:NAME` (random weights of a known architecture: see `random_models`).
-
-    dtype: the compute dtype (activations). float32 on the CPU: there mlx has no half-precision
-    BLAS, so float16 and bfloat16 are slower, not faster (a warning says so); on a GPU they halve the
-    memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
-    cache); a quantized checkpoint needs no flag, its record says how.
-    loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
-    quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
-    """
-    if dtype not in (mx.float32, mx.float16, mx.bfloat16):
-        raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
-    if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:
-        name = str(dtype).removeprefix("mlx.core.")
-        warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
-                      "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
-    if loras:  # fused into float weights, then quantized in memory
-        pipe = load_pipeline(path_or_repo, dtype, revision)
-        from .lora import lora_argument
-
-        for lora in loras:
-            pipe.fuse_lora(*lora_argument(lora))
-        return pipe.quantize(bits, group_size, mixed) if bits else pipe
-    if str(path_or_repo).startswith("random:"):
-        return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
-                               mixed=mixed)
-    from .convert import resolve_model  # a folder that is not a converted checkpoint is converted once
-
-    return Pipeline.from_folder(resolve_model(path_or_repo, revision, bits, group_size, mixed), dtype=dtype)

@@ -22,8 +22,9 @@ import numpy as np
 from .audio import analyze, short_window
 from .checks import check_audio, check_fps, check_inputs, frame_size
 from .errors import MusicvizError
+from .loading import load_pipeline
 from .note_prompts import default_note_prompts
-from .pipeline import DEFAULT_MODEL, load_pipeline
+from .pipeline import DEFAULT_MODEL
 from .sharing import agree, encode_unit, launched_group, share_render, unit_frames
 from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker

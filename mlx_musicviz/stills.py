@@ -16,8 +16,9 @@ from .audio import NOTE_NAMES
 from .checks import check_inputs, frame_size
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
+from .loading import load_pipeline
 from .note_prompts import default_note_prompts
-from .pipeline import DEFAULT_MODEL, load_pipeline
+from .pipeline import DEFAULT_MODEL
 from .walkers import circle_noise
 
 SHEET_COLUMNS = 4

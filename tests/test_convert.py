@@ -13,7 +13,7 @@ from render_helpers import run_cli
 
 from mlx_musicviz import MusicvizError
 from mlx_musicviz.convert import convert_checkpoint, read_record
-from mlx_musicviz.pipeline import load_pipeline
+from mlx_musicviz.loading import load_pipeline
 
 
 def cli(*args):

@@ -13,6 +13,7 @@ from reference import rel_l2
 
 from mlx_musicviz import MusicvizError
 from mlx_musicviz.convert import convert_checkpoint, read_record
+from mlx_musicviz.loading import load_pipeline
 from mlx_musicviz.models.quantized import (
     QuantizedConv2d,
     QuantizedEmbedding,
@@ -22,7 +23,6 @@ from mlx_musicviz.models.quantized import (
     weight_bytes,
 )
 from mlx_musicviz.ops import unpack
-from mlx_musicviz.pipeline import load_pipeline
 
 PROMPT = "a lighthouse in a storm, oil painting"
 

@@ -41,7 +41,7 @@ def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
     (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
     from ..convert.checkpoint import DEFAULT_QUANTIZED
-    from ..pipeline import load_pipeline
+    from ..loading import load_pipeline
 
     if level in DTYPES:
         return load_pipeline(source, dtype=DTYPES[level])
@@ -179,7 +179,7 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         log(f"render {r['seconds']:.0f} s of audio: {r['frames']} frames in {r['total_s']:.1f} s; outside the model "
             f"{r['overhead_fraction']:.1%} (" + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items()) + ")")
     if config.live_seconds > 0:
-        from ..pipeline import load_pipeline
+        from ..loading import load_pipeline
         from ..rendering import DEMO_AUDIO
         from .live import bench_live
 
@@ -206,7 +206,7 @@ def bench_render(source, config: BenchConfig) -> dict:
     import tempfile
 
     from ..audio import analyze
-    from ..pipeline import load_pipeline
+    from ..loading import load_pipeline
     from ..rendering import DEMO_AUDIO, make_walkers, render
 
     pipe = load_pipeline(source)

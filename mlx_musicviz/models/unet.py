@@ -1,7 +1,7 @@
 """UNet2DConditionModel in MLX, built entirely from the checkpoint's `unet/config.json`.
 
 Parameter names follow diffusers (down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q...),
-so converting a checkpoint is a key-for-key copy with convolution kernels moved to NHWC.
+so converting a checkpoint is a key-for-key copy with convolution weights moved to NHWC.
 Covers SD1.5 / SD2.1 (4 levels, mid block), sdxs-512-0.9 (3 levels, no mid block,
 `only_cross_attention` first level, linear projections) and sdxs-512-dreamshaper.
 """

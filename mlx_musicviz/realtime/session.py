@@ -16,7 +16,8 @@ from pathlib import Path
 from ..audio import analyze
 from ..checks import frame_size
 from ..errors import MusicvizError
-from ..pipeline import DEFAULT_MODEL, load_pipeline
+from ..loading import load_pipeline
+from ..pipeline import DEFAULT_MODEL
 from .engine import Generator, LiveSettings, SongFrames
 from .server import LiveState, make_app, new_token, serve
 

@@ -1,0 +1,45 @@
+"""`load_pipeline`: a pipeline from an MLX checkpoint, a diffusers folder or a hub repo id (converted once
+into the cache by `convert.resolve_model`), or `random:NAME`; with LoRAs fused and quantized on request."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import mlx.core as mx
+
+from .errors import MusicvizError
+from .pipeline import DEFAULT_MODEL, Pipeline
+
+
+def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
+                  bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=()) -> Pipeline:
+    """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
+    `random:NAME` (random weights of a known architecture: see `random_models`).
+
+    dtype: the compute dtype (activations). float32 on the CPU: there mlx has no half-precision
+    BLAS, so float16 and bfloat16 are slower, not faster (a warning says so); on a GPU they halve the
+    memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
+    cache); a quantized checkpoint needs no flag, its record says how.
+    loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
+    quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
+    """
+    if dtype not in (mx.float32, mx.float16, mx.bfloat16):
+        raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
+    if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:
+        name = str(dtype).removeprefix("mlx.core.")
+        warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
+                      "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
+    if loras:  # fused into float weights, then quantized in memory
+        pipe = load_pipeline(path_or_repo, dtype, revision)
+        from .lora import lora_argument
+
+        for lora in loras:
+            pipe.fuse_lora(*lora_argument(lora))
+        return pipe.quantize(bits, group_size, mixed) if bits else pipe
+    if str(path_or_repo).startswith("random:"):
+        return Pipeline.random(str(path_or_repo)[len("random:"):], dtype=dtype, bits=bits, group_size=group_size,
+                               mixed=mixed)
+    from .convert import resolve_model  # a folder that is not a converted checkpoint is converted once
+
+    return Pipeline.from_folder(resolve_model(path_or_repo, revision, bits, group_size, mixed), dtype=dtype)
