@@ -26,7 +26,7 @@ from .loading import load_pipeline
 from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL
 from .sharing import agree, encode_unit, launched_group, share_render, unit_frames
-from .video import MAX_CRF, SegmentedVideo, check_video_path, soundtrack
+from .video import MAX_CRF, SegmentedVideo, check_video_path, kept_out_of_order, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker
 
 DEMO_AUDIO = Path(__file__).resolve().parent / "data" / "audio" / "sorohanro_-_solo-trumpet-06.ogg"
@@ -215,6 +215,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         if group is not None:
             agree(group, str(e) if isinstance(e, MusicvizError) else f"{type(e).__name__}: {e}")
         raise
+    if group is None and kept_out_of_order(output):  # a shared render's units: one process finishes them
+        group = mx.distributed.init(strict=False)
     if group is not None:
         agree(group, None)
         return _render_shared(group, pipe, noise_walk, prompt_walk, features, output, (width, height), fps, crf,

@@ -165,6 +165,18 @@ def parts_folder(target: Path) -> Path:
 _SEGMENT_NAME = re.compile(r"^(\d{8})\+(\d{6})\.mp4$")  # first frame + frame count
 
 
+def kept_out_of_order(target: Path) -> bool:
+    """Whether the segments kept for `target` leave a gap: units of a shared render (see `sharing`)."""
+    kept = sorted((int(m[1]), int(m[2])) for path in parts_folder(Path(target)).glob("*.mp4")
+                  if (m := _SEGMENT_NAME.match(path.name)))
+    done = 0
+    for first, count in kept:
+        if first != done:
+            return True
+        done += count
+    return False
+
+
 class SegmentedVideo:
     """Frames (uint8 N x H x W x 3) into H.264 segments in `parts_folder(output)`; `finish` joins
     them with the soundtrack into `output` and removes the folder.

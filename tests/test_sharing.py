@@ -2,6 +2,7 @@
 the same frames as a render alone, resumable after a process dies, one line when a process cannot start."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def _rank_pids(rank: int, marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_process_killed_midway_loses_only_its_unit_and_a_rerun_with_three_finishes(song, tmp_path):
+def test_a_process_killed_midway_loses_only_its_unit_and_a_rerun_with_three_or_one_finishes(song, tmp_path):
     target = tmp_path / "killed.mp4"
     parts = tmp_path / ".killed.mp4.parts"
     run = launch(2, *render_args(song, target, 1), wait=False)
@@ -96,10 +97,14 @@ def test_a_process_killed_midway_loses_only_its_unit_and_a_rerun_with_three_fini
     assert not target.exists(), said
     kept = [p.name for p in parts.iterdir() if "+" in p.name]
     assert kept and "frames are kept" in said, said
+    shutil.copytree(parts, tmp_path / ".by-one.mp4.parts")  # the same kept units, for one process to finish
     again = launch(3, *render_args(song, target, 1))
     assert "wrote" in again.stdout, again.stdout
     alone = render(song, "a red fox", output=tmp_path / "alone.mp4", model="random:tiny", size=64, fps=FPS, crf=0)
     np.testing.assert_array_equal(decoded(target), decoded(alone.output))
+    by_one = render(song, "a red fox", output=tmp_path / "by-one.mp4", model="random:tiny", size=64, fps=FPS, crf=0)
+    assert by_one.resumed == sum(int(name.split("+")[1][:6]) for name in kept)  # the kept units, not redone
+    np.testing.assert_array_equal(decoded(by_one.output), decoded(alone.output))
 
 
 SCRIPT = """
@@ -139,3 +144,30 @@ def test_many_songs_are_shared_song_by_song(song, tmp_path):
     assert "1 rendered, 0 skipped, 1 failed" in said and "error: 1 of 2 songs failed" in said, said
     assert "Traceback" not in said
     assert os.listdir(tmp_path / "videos") == ["a.mp4"] and len(decoded(tmp_path / "videos" / "a.mp4")) == FPS * SECONDS
+
+
+def test_one_process_finishes_the_units_a_shared_render_kept_out_of_order(song, tmp_path, monkeypatch):
+    """Units kept with a gap before them (a process died on the first): render alone makes the missing
+    ones only and joins the same video."""
+    import mlx.core as mx
+
+    from mlx_musicviz import rendering
+
+    kw = dict(model="random:tiny", size=64, fps=FPS, crf=0)
+    alone = render(song, "x", output=tmp_path / "alone.mp4", **kw)
+    unit = unit_frames(FPS, 2, 1, 10.0)
+
+    def stop_after_two_units(done, total):
+        if done >= 2 * unit:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # a group of one: the shared path in this process
+        m.setattr(rendering, "launched_group", lambda: mx.distributed.init(strict=False))
+        with pytest.raises(KeyboardInterrupt):
+            render(song, "x", output=tmp_path / "v.mp4", progress=stop_after_two_units, **kw)
+    parts = tmp_path / ".v.mp4.parts"
+    assert sorted(p.name for p in parts.glob("*.mp4")) == [f"00000000+{unit:06d}.mp4", f"{unit:08d}+{unit:06d}.mp4"]
+    (parts / f"00000000+{unit:06d}.mp4").unlink()  # the first unit lost: the kept one is out of order
+    again = render(song, "x", output=tmp_path / "v.mp4", **kw)
+    assert again.resumed == unit and again.frames == alone.frames
+    np.testing.assert_array_equal(decoded(again.output), decoded(alone.output))
