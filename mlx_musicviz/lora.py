@@ -26,6 +26,7 @@ import numpy as np
 from .errors import MusicvizError
 
 COMPONENTS = ("unet", "text_encoder")
+MAX_SCALE = 100.0  # |scale|: LoRAs are used at about 0 to 2; far beyond, the weights overflow into black frames
 # key suffix -> what it holds
 _SUFFIXES = ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora_down.weight", "down"),
              (".lora_up.weight", "up"), (".lora.down.weight", "down"), (".lora.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
@@ -75,6 +76,8 @@ def lora_argument(lora) -> tuple[str | os.PathLike, float]:
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """(float32 tensors, header metadata) of a safetensors file."""
+    if path.is_dir():
+        raise MusicvizError(f"{path} is a folder: name the LoRA's .safetensors file in it")
     if not path.is_file():
         raise MusicvizError(f"LoRA file not found: {path}")
     if path.suffix.lower() != ".safetensors":
@@ -159,6 +162,9 @@ def fuse_lora(params: dict[str, dict[str, mx.array]], path, scale: float = 1.0) 
     layer that does not fit; changes nothing itself."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not np.isfinite(scale):
         raise MusicvizError(f"LoRA scale must be a finite number, got {scale!r}")
+    if abs(scale) > MAX_SCALE:
+        raise MusicvizError(f"LoRA scale {scale:g} is out of range: at most {MAX_SCALE:g} either way (1 is the LoRA as "
+                            "trained)")
     path = Path(path).expanduser()
     names = {name: {k[:-len(".weight")] for k in weights if k.endswith(".weight")} for name, weights in params.items()}
     layers = read_lora(path, names)
@@ -172,10 +178,13 @@ def fuse_lora(params: dict[str, dict[str, mx.array]], path, scale: float = 1.0) 
             if key not in weights:
                 raise MusicvizError(f"{path} does not fit this model: its {component} has no layer {module}")
             if f"{module}.scales" in weights:
-                raise MusicvizError(f"{path}: the {component} is quantized; LoRAs fuse into float weights, so "
-                                    "load the float model with the LoRA (and --bits to quantize after fusing)")
+                raise MusicvizError(f"{path}: the {component} is quantized; LoRAs fuse into float weights, so use the "
+                                    "float model (`convert FLOAT DST --lora FILE --bits 8` stores a quantized fused one)")
             weight = weights[key]
             delta = layer.delta()
+            if not np.all(np.isfinite(delta)):
+                raise MusicvizError(f"{path} is damaged: its {component} layer {module} holds values that are not "
+                                    "finite (NaN or infinity)")
             if delta.ndim == 4:  # torch's (out, in, kh, kw) -> mlx's (out, kh, kw, in)
                 delta = delta.transpose(0, 2, 3, 1)
             if delta.size != weight.size or delta.shape[0] != weight.shape[0]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import decode_file, find_audio, finite_samples
+from .audio import decode_file, find_audio, finite_samples, output_stem
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 
@@ -191,11 +191,12 @@ def folder_to_images(src: Path, out: Path, p: MelParams, progress=None) -> tuple
     written, skipped = [], []
     for i, path in enumerate(files):
         try:
-            samples = decode_file(path, p.sample_rate, mono=not p.stereo)
+            samples = decode_file(path, p.sample_rate, mono=False)  # (channels, n)
+            samples = samples if p.stereo else samples.mean(axis=0)  # mono: the channels' mean, as the level it keeps
         except MusicvizError as e:
             skipped.append((path, str(e)))
         else:
-            rel = path.relative_to(src).with_suffix("") if src.is_dir() else Path(path.stem)
+            rel = (path.relative_to(src).parent if src.is_dir() else Path()) / output_stem(path)
             for image, meta in audio_to_images(samples, p, path.name):
                 target = out / rel.parent / f"{rel.name}_{meta['tile']:04d}.png"
                 save_png(image, meta, target)

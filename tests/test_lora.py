@@ -162,6 +162,16 @@ def test_loras_that_do_not_fit_are_one_clear_error(small_checkpoint, lora_files,
         load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "other.safetensors"])
     with pytest.raises(MusicvizError, match="LoRA scale must be a finite number"):
         load_pipeline(small_checkpoint["mlx"], loras=[(lora_files["kohya"], "strong")])
+    with pytest.raises(MusicvizError, match="LoRA scale 1e\\+30 is out of range"):
+        load_pipeline(small_checkpoint["mlx"], loras=[(lora_files["kohya"], 1e30)])
+    with pytest.raises(MusicvizError, match="is a folder: name the LoRA's .safetensors file in it"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path])
+    up = np.ones((64, 2), np.float32)
+    up[3, 1] = np.nan
+    save_file({f"unet.{layer}.lora_A.weight": np.ones((2, 64), np.float32), f"unet.{layer}.lora_B.weight": up},
+              str(tmp_path / "nan.safetensors"))
+    with pytest.raises(MusicvizError, match=f"is damaged: its unet layer {layer} holds values that are not finite"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "nan.safetensors"])
 
 
 def test_lora_arguments_read_path_and_scale():

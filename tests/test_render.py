@@ -246,3 +246,21 @@ def test_many_songs_render_into_a_folder_skip_those_done_and_list_failures(tmp_p
     again = cli(*args)
     assert again.returncode == 1 and "0 rendered, 2 skipped, 1 failed" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "videos").iterdir()} == stamps
+
+
+def test_many_songs_name_twins_by_their_kind_and_refuse_a_video_as_the_folder(tmp_path):
+    import soundfile
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for name in ("groove.wav", "groove.flac"):
+        soundfile.write(songs / name, beeps(0.25), RATE)
+    args = ["-p", "x", "--model", "random:tiny", "--size", "64", "--fps", "8"]
+    listed = cli("render", songs / "groove.wav", songs / "groove.flac", songs / "groove.wav", *args, "-o", tmp_path / "a")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(os.listdir(tmp_path / "a")) == ["groove-flac.mp4", "groove-wav.mp4"]  # the song named twice: once
+    alone = cli("render", songs / "groove.flac", *args, "-o", f"{tmp_path / 'a'}/")  # the same name, alone or not
+    assert "is there already, skipped" in alone.stdout and str(tmp_path / "a" / "groove-flac.mp4") in alone.stdout
+    refused = cli("render", songs, *args, "-o", tmp_path / "x.mp4")
+    assert refused.returncode == 1 and "-o names a folder for them" in refused.stderr
+    assert not (tmp_path / "x.mp4").exists()

@@ -17,6 +17,7 @@ from mlx_musicviz.spectrogram import (
     METADATA_KEY,
     PRESETS,
     audio_to_images,
+    folder_to_images,
     images_to_audio,
     round_trip_metrics,
     save_png,
@@ -189,6 +190,14 @@ def test_spec2audio_restores_the_recorded_level_or_normalizes(tmp_path):
     with pytest.warns(UserWarning, match=r"the recorded level would clip: lowered by \d+\.\d dB"):
         clipped, _ = images_to_audio(paths, iterations=16, override={"ref_db": meta["ref_db"] + 40})
     assert abs(20 * np.log10(np.abs(clipped).max()) + 1) < 1e-3
+    # a stereo file's mono tiles keep the level of its channels' mean (not a +3 dB downmix)
+    import soundfile
+
+    (tmp_path / "stereo").mkdir()
+    soundfile.write(tmp_path / "stereo" / "both.wav", np.stack([y, y], axis=1), p.sample_rate)
+    written, _ = folder_to_images(tmp_path / "stereo", tmp_path / "stereo-tiles", p)
+    back, _ = images_to_audio(written, iterations=16)
+    assert abs(round_trip_metrics(y, back, p, match_level=False)["level_db"]) < 1.0
     out = tmp_path / "loud.wav"
     result = cli("spec2audio", *map(str, paths), "-o", str(out), "--iterations", "4", "--normalize")
     assert result.returncode == 0, result.stderr

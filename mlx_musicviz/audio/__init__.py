@@ -21,6 +21,7 @@ from .decode import (
                      finite_samples,
                      is_sample_pair,
                      load_audio,
+                     output_stem,
                      sample_pair,
                      window_samples,
 )
@@ -41,5 +42,5 @@ from .spectral import BANDS
 
 __all__ = ["AUDIO_SUFFIXES", "BANDS", "HOP", "MAX_FPS", "MIN_FPS", "NOTE_NAMES", "N_FFT", "SAMPLE_RATE", "AudioFeatures", "analyze",
            "beat_confidence", "beat_summary", "check_window", "counted", "decode_blocks", "decode_file",
-           "find_audio", "finite_samples", "frame_count", "is_sample_pair", "load_audio", "onset_salience", "refine_to_attacks",
+           "find_audio", "finite_samples", "frame_count", "is_sample_pair", "load_audio", "onset_salience", "output_stem", "refine_to_attacks",
            "sample_pair", "short_window", "track_beats", "window_samples"]

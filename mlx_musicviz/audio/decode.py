@@ -366,3 +366,11 @@ def find_audio(src: Path) -> list[Path]:
     if not files:
         raise MusicvizError(f"no audio files under {src} (looked for {', '.join(AUDIO_SUFFIXES)})")
     return files
+
+
+def output_stem(path: Path) -> str:
+    """The name for what is made of the song `path`: its stem, or "STEM-EXT" where another audio file
+    with that stem lies beside it (song.wav and song.flac), whatever else is being made."""
+    path = Path(path)
+    twins = [p for p in path.parent.glob(f"{path.stem}.*") if p.suffix.lower() in AUDIO_SUFFIXES and p.name != path.name]
+    return f"{path.stem}-{path.suffix.lstrip('.').lower()}" if twins else path.stem

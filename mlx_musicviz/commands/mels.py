@@ -45,7 +45,9 @@ def mels(src, out, preset, tile_width, n_mels, hop_length, stereo):
     click.echo("", err=True)
     for path, why in skipped:
         click.echo(f"skipped {path}: {why}", err=True)
-    click.echo(f"{len(written)} images in {out}" + (f"; {len(skipped)} files skipped" if skipped else ""))
+    from ..audio import counted
+
+    click.echo(f"{counted(len(written), 'image')} in {out}" + (f"; {counted(len(skipped), 'file')} skipped" if skipped else ""))
     if not written:
         raise MusicvizError(f"no file under {src} could be read")
 

@@ -60,7 +60,9 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")
     if "transfer" in t:  # shared by mlx.launch's processes
-        click.echo(f"shared: {t['units']} units made here; {t['waiting']:.2f} s waiting for the others, "
+        from ..audio import counted
+
+        click.echo(f"shared: {counted(t['units'], 'unit')} made here; {t['waiting']:.2f} s waiting for the others, "
                    f"{t['transfer']:.3f} s moving {t['moved'] / 2**20:.1f} MiB of segments")
 
 
@@ -95,11 +97,15 @@ def render_command(songs, prompt, output, model, **kw):
 def _render_many(songs, prompt, output, model, restart, **kw):
     """Each song (or each audio file under a folder) into FOLDER/NAME.mp4, skipping those that exist
     (unless --restart) and going on past failures, which are listed at the end (exit 1)."""
-    from ..audio import find_audio
+    from ..audio import find_audio, output_stem
     from ..errors import MusicvizError
     from ..sharing import is_helper, launched_group, rank0_says
+    from ..video import CONTAINERS
 
     folder = Path(output or ".").expanduser()
+    if folder.suffix.lower() in CONTAINERS and not folder.is_dir():
+        raise MusicvizError(f"several songs make several videos: -o names a folder for them (e.g. videos/), "
+                            f"not {output}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -110,9 +116,17 @@ def _render_many(songs, prompt, output, model, restart, **kw):
             files += find_audio(Path(song))
         except MusicvizError as e:
             failures.append((song, str(e)))
-    group, names, made, skipped = launched_group(), set(), 0, 0
+    unique = {}
+    for song in files:  # a song named twice is made once
+        unique.setdefault(Path(song).resolve(), Path(song))
+    files = list(unique.values())
+    targets = {song: folder / f"{output_stem(song)}.mp4" for song in files}
+    clash = _first_clash(targets)
+    if clash:
+        raise MusicvizError(f"{clash[0]} and {clash[1]} would both make {targets[clash[0]]}: render them apart")
+    group, made, skipped = launched_group(), 0, 0
     for song in files:
-        target = folder / _unique_name(song, names)
+        target = targets[song]
         if rank0_says(group, target.exists() and not restart):
             if not is_helper():
                 click.echo(f"{song}: {target} is there already, skipped (--restart renders it again)")
@@ -136,16 +150,14 @@ def _render_many(songs, prompt, output, model, restart, **kw):
         raise MusicvizError(f"{len(failures)} of {made + skipped + len(failures)} songs failed")
 
 
-def _unique_name(song: Path, taken: set) -> str:
-    """NAME.mp4 for `song`, NAME-EXT.mp4 (then NAME-EXT-2.mp4, ...) where another song took NAME.mp4."""
-    name, k = f"{song.stem}.mp4", 1
-    if name in taken:
-        name = f"{song.stem}-{song.suffix.lstrip('.').lower()}.mp4"
-    while name in taken:
-        k += 1
-        name = f"{song.stem}-{song.suffix.lstrip('.').lower()}-{k}.mp4"
-    taken.add(name)
-    return name
+def _first_clash(targets: dict) -> tuple | None:
+    """Two songs of `targets` ({song: video}) with the same video, or None."""
+    seen = {}
+    for song, target in targets.items():
+        if target in seen:
+            return seen[target], song
+        seen[target] = song
+    return None
 
 
 @main.command()
