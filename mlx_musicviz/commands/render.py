@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -88,7 +89,7 @@ def render_command(songs, prompt, output, model, **kw):
     """
     from pathlib import Path
 
-    if len(songs) > 1 or Path(songs[0]).is_dir() or (output and (output.endswith(("/", "\\")) or Path(output).is_dir())):
+    if len(songs) > 1 or Path(songs[0]).is_dir() or (output and output.endswith(("/", os.sep))):
         _render_many(songs, prompt, output, model, **kw)
     else:
         _run_render(songs[0], prompt, output, model, **kw)
