@@ -349,4 +349,4 @@ def test_the_stream_keeps_time_itself_when_no_page_plays(tmp_path):
         playhead = get_json(stats_url(url))["playhead_s"]
         reader.close()
         assert 3.5 < playhead <= 8.0, playhead  # about the time the stream was watched
-        assert len(jpegs) >= 3  # the picture moves with it
+        assert len(jpegs) >= 2  # the picture moves with it

@@ -166,13 +166,15 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
         response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
                                                "Cache-Control": "no-store"})
         await response.prepare(request)
-        last = None
+        last, sent = None, 0.0
         try:
             while True:
                 server_clock()
                 made = state.frame_at(state.playhead)
-                if made is not None and made[0] != last:
-                    last, jpeg = made
+                # a new frame, or the same one again after a second: a feed that stops (paused, the song's
+                # end, generation behind) still shows its picture to a reader that just joined, and stays alive
+                if made is not None and (made[0] != last or time.monotonic() - sent > 1.0):
+                    (last, jpeg), sent = made, time.monotonic()
                     await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                 await asyncio.sleep(0.5 / state.fps)
