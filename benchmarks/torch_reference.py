@@ -47,7 +47,7 @@ class TorchReference:
     `device`: "cpu", "cuda" or "mps"; `tf32`: allow TF32 there (mlx's setting, to compare like with like).
     """
 
-    def __init__(self, name: str, size: int, seed: int = 0, vae: str = "tiny", device: str = "cpu",
+    def __init__(self, name: str, size: int, seed: int = 0, vae: str = "auto", device: str = "cpu",
                  tf32: bool = False):
         from mlx_musicviz.errors import MusicvizError
         from mlx_musicviz.models.tokenizer import BUNDLED_VOCABULARY
@@ -56,8 +56,12 @@ class TorchReference:
         if not name.startswith("random:"):
             raise MusicvizError("the PyTorch reference builds random:NAME architectures; give --model random:NAME")
         configs, pad = random_configs(name[len("random:"):])
-        if vae == "large" and "vae_large" not in configs:
+        tiny = configs["vae"]["_class_name"] == "AutoencoderTiny"  # SDXS; else the model's vae/ is its KL VAE
+        vae = ("tiny" if tiny else "large") if vae == "auto" else vae
+        if vae == "large" and tiny and "vae_large" not in configs:
             raise MusicvizError(f"{name} has no large VAE")
+        if vae == "tiny" and not tiny:
+            raise MusicvizError(f"{name} has no tiny VAE")
         self._tmp = Path(tempfile.mkdtemp(prefix="musicviz-bench-"))
         job = {"configs": configs, "pad": pad, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
                "size": size, "seed": seed, "vae": vae, "device": device, "tf32": tf32}
@@ -248,12 +252,13 @@ def _child(job_path: Path) -> None:
     te_config = _clean(configs["text_encoder"])
     te_config.pop("vocab_size", None)
     text_encoder = CLIPTextModel(CLIPTextConfig(**te_config)).eval()
-    vae = AutoencoderTiny.from_config(_clean(configs["vae"])).eval()
+    vae_class = AutoencoderTiny if configs["vae"]["_class_name"] == "AutoencoderTiny" else AutoencoderKL
+    vae = vae_class.from_config(_clean(configs["vae"])).eval()
 
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
-    if job["vae"] == "large":  # the VAE that "vae" and "frame" time
+    if job["vae"] == "large" and vae_class is AutoencoderTiny:  # the VAE that "vae" and "frame" time
         vae = AutoencoderKL.from_config(_clean(configs["vae_large"])).eval()
         vae.save_pretrained(folder / "vae_large", safe_serialization=True)
     scale = vae.config.scaling_factor  # decode as the pipeline does: latents / scaling factor

@@ -126,7 +126,8 @@ def _image_options(fn):
         LORA_OPTION,
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=2, show_default=True),
-        click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True),
+        click.option("--vae", type=click.Choice(["auto", "tiny", "large"]), default="auto", show_default=True,
+                     help="The VAE that decodes: auto (the tiny one where the model has one, else its KL VAE), tiny or large (KL)."),
         click.option("--note-prompts", type=click.Path(), default=None,  # a folder: read_note_prompts says so
                      help="Text file of the 12 note prompts, C to B, one per line (template: `musicviz-mlx note-prompts`)."),
     ])

@@ -12,14 +12,14 @@ import mlx.core as mx
 
 from .checkpoint_format import WEIGHTS_NAME, check_plan_matches, component_plan, read_record
 from .errors import MusicvizError
-from .models import CLIPTokenizer, SchedulerConfig, build_model
+from .models import AutoencoderTiny, CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
 from .models.quantized import MIXED_PRESET, apply_plan, quantize_module, set_compute, weight_bytes
 from .scheduler import OneStepScheduler
 from .weights import cast_floats, load_into, load_safetensors
 
 DEFAULT_MODEL = "IDKiro/sdxs-512-0.9"
-VAE_CHOICES = ("tiny", "large")
+VAE_CHOICES = ("auto", "tiny", "large")
 
 
 class Pipeline:
@@ -185,8 +185,11 @@ class Pipeline:
                                 f"(encode_prompt's output), got {tuple(prompt_embeds.shape)}")
 
     def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        """One UNet call at the scheduler's timestep and the scheduler's step."""
+        """One UNet call at the scheduler's timestep and the scheduler's step; embeddings of batch 1
+        serve every latent."""
         self.check_inputs(latents, prompt_embeds)
+        if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
+            prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
         return self._denoise(latents, prompt_embeds)
 
     def predict_noise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
@@ -194,26 +197,43 @@ class Pipeline:
         return self.unet(latents.astype(self.dtype), None, prompt_embeds.astype(self.dtype), temb=self._temb)
 
     def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        return self.scheduler.step(self.predict_noise(latents, prompt_embeds), latents.astype(self.dtype))
+        sample = self.scheduler.scale_noise(latents.astype(self.dtype))
+        return self.scheduler.step(self.predict_noise(sample, prompt_embeds), sample)
 
-    def vae_for(self, vae: str = "tiny"):
-        """The VAE module that `decode(..., vae)` uses: `self.vae` ("tiny") or `self.vae_large` ("large")."""
+    def vae_name(self, vae: str = "auto") -> str:
+        """"tiny" or "large": `vae` itself, or for "auto" the tiny VAE where the model has one (SDXS),
+        else its own AutoencoderKL (SD-Turbo)."""
         if vae not in VAE_CHOICES:
             raise MusicvizError(f"vae must be one of {VAE_CHOICES}, not {vae!r}")
-        return self.vae if vae == "tiny" else self.vae_large
+        if vae != "auto":
+            return vae
+        return "tiny" if isinstance(self.vae, AutoencoderTiny) else "large"
 
-    def decode(self, latents: mx.array, vae: str = "tiny") -> mx.array:
+    def vae_for(self, vae: str = "auto"):
+        """The VAE module that `decode(..., vae)` uses: the tiny one ("tiny": SDXS's `vae/`) or the
+        KL one ("large": `vae/` where it is one, as in SD-Turbo, else SDXS's `vae_large/`)."""
+        vae = self.vae_name(vae)
+        if isinstance(self.vae, AutoencoderTiny):
+            return self.vae if vae == "tiny" else self.vae_large
+        if vae == "tiny":
+            raise MusicvizError(f"model {self.folder or self.record.get('source')} has no tiny VAE (its vae/ is an "
+                                "AutoencoderKL): use vae \"large\" or \"auto\"")
+        return self.vae
+
+    def decode(self, latents: mx.array, vae: str = "auto") -> mx.array:
         """Latents -> uint8 images, as diffusers' pipeline post-processes them."""
         model = self.vae_for(vae)
         images = model.decode(latents / model.config.scaling_factor)
         return to_uint8(images)
 
-    def generate(self, latents: mx.array, prompt_embeds: mx.array, vae: str = "tiny") -> mx.array:
+    def text_to_image(self, prompt: str | list[str], latents: mx.array, vae: str = "auto") -> mx.array:
+        """One still per latent: `latents` unit-variance noise (N, h, w, C), as diffusers' `latents=`
+        before the scheduler scales them -> uint8 (N, 8h, 8w, 3). The same for every model family."""
+        return self.generate(latents, self.encode_prompt(prompt), vae)
+
+    def generate(self, latents: mx.array, prompt_embeds: mx.array, vae: str = "auto") -> mx.array:
         """Initial noise latents (N, h, w, C) and embeddings (N or 1, 77, D) -> uint8 (N, 8h, 8w, 3)."""
-        self.check_inputs(latents, prompt_embeds)
-        if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
-            prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
-        return self.decode(self._denoise(latents, prompt_embeds), vae)
+        return self.decode(self.denoise(latents, prompt_embeds), vae)
 
 
 def _load_component(folder: Path, name: str, dtype):

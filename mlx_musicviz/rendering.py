@@ -142,7 +142,7 @@ def render_fingerprint(audio, pipe, **settings) -> dict:
 def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompts=None, model=DEFAULT_MODEL,
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
-           vae: str = "tiny", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
+           vae: str = "auto", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
            progress=None, loras=(), pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
@@ -187,6 +187,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
 
         t = time.perf_counter()
         pipe = pipeline or load_pipeline(model, loras=loras)
+        vae = pipe.vae_name(vae)  # "auto" named, so that a resume matches what the frames were made with
         times["load"] = time.perf_counter() - t
 
         t = time.perf_counter()

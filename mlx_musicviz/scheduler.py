@@ -4,6 +4,10 @@ For SDXS (PNDM config, epsilon prediction, trailing spacing) the UNet runs once 
 the scheduler takes the DDIM step to ᾱ_prev = alphas_cumprod[0] (set_alpha_to_one: false):
     x0 = (z - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t);   latents = sqrt(ᾱ_prev) x0 + sqrt(1 - ᾱ_prev) ε
 PNDM's first PLMS step and DDIM's step are the same formula, so one function serves both.
+Euler (SD-Turbo) starts from the noise times init_noise_sigma (σ itself for trailing or linspace
+spacing, else sqrt(σ² + 1)) and gives the UNet that sample over sqrt(σ² + 1): the UNet sees the unit
+noise times `noise_scale` (sqrt(1 - ᾱ_t) for trailing spacing). Its step to σ = 0 is the DDIM formula
+on that scaled noise with ᾱ_prev = 1 (x0 = σ (z - ε) for ε-prediction), so one formula serves all three.
 """
 
 from __future__ import annotations
@@ -31,12 +35,17 @@ def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
     return np.cumprod(1.0 - betas, dtype=np.float32)
 
 
+# The schedulers whose single step is the DDIM formula below.
+SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
+
+
 @dataclass(frozen=True)
 class OneStepScheduler:
     timestep: int
     alpha_t: float  # ᾱ at the UNet's timestep
     alpha_prev: float  # ᾱ the step lands on
     prediction_type: str
+    noise_scale: float = 1.0  # what the unit-noise latents are multiplied by before the UNet and the step
 
     @classmethod
     def from_config(cls, config: SchedulerConfig) -> "OneStepScheduler":
@@ -53,11 +62,23 @@ class OneStepScheduler:
             raise MusicvizError(f"scheduler: timestep_spacing {spacing!r} is not supported")
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise MusicvizError(f"scheduler: prediction_type {config.prediction_type!r} is not supported")
+        if config.class_name not in SCHEDULERS:
+            raise MusicvizError(f"scheduler: {config.class_name} is not supported (one of {', '.join(SCHEDULERS)})")
+        if config.use_karras_sigmas:
+            raise MusicvizError("scheduler: use_karras_sigmas is not supported")
+        if config.class_name == "EulerDiscreteScheduler":
+            sigma = ((1 - ac[t]) / ac[t]) ** 0.5
+            init = sigma if spacing in ("trailing", "linspace") else (sigma**2 + 1) ** 0.5
+            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5))
         final = 1.0 if config.set_alpha_to_one else float(ac[0])
         return cls(int(t), float(ac[t]), final, config.prediction_type)
 
+    def scale_noise(self, latents: mx.array) -> mx.array:
+        """The sample the UNet and `step` take, from unit-variance noise latents."""
+        return latents if self.noise_scale == 1.0 else latents * self.noise_scale
+
     def step(self, model_output: mx.array, sample: mx.array) -> mx.array:
-        """Latents after the single denoising step."""
+        """Latents after the single denoising step from `sample` (`scale_noise`'s output)."""
         a, a_prev = self.alpha_t, self.alpha_prev
         sa, sb = a**0.5, (1 - a) ** 0.5
         if self.prediction_type == "epsilon":

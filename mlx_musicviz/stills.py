@@ -26,7 +26,7 @@ LABEL_HEIGHT = 24  # pixels of caption under each tile of a sheet
 
 
 def preview_images(pipe, prompts: list[str], size, seed: int = 0, batch_size: int = 2,
-                   vae: str = "tiny") -> np.ndarray:
+                   vae: str = "auto") -> np.ndarray:
     """uint8 (len(prompts), height, width, 3): each prompt from the noise walk's starting latents
     (inputs as `preview` checks them)."""
     width, height = frame_size(size)
@@ -70,7 +70,7 @@ def _fit(draw, label: str, width: float) -> str:
 
 
 def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prompts=None, model=DEFAULT_MODEL,
-            seed: int = 0, size=512, vae: str = "tiny", batch_size: int = 2, loras=(), pipeline=None) -> Path:
+            seed: int = 0, size=512, vae: str = "auto", batch_size: int = 2, loras=(), pipeline=None) -> Path:
     """Write a still of `prompt` to `output` (PNG, JPEG, ...), or with `notes` a sheet of the prompt and
     its 12 note prompts (default: Scriabin's colours, as render derives them) captioned with their notes.
 

@@ -40,6 +40,16 @@ SMALL_UNETS = {
         use_linear_projection=False,
         cross_attention_dim=48,
     ),
+    # SD2.1 / SD-Turbo: 4 levels, a mid block, 2 resnets per level, linear projections, heads per level.
+    "sd21": dict(
+        block_out_channels=[32, 64, 64, 64],
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        layers_per_block=2,
+        attention_head_dim=[1, 2, 2, 2],
+        use_linear_projection=True,
+        cross_attention_dim=64,
+    ),
     # SD1.5 / SD2.1: 4 levels, a mid block, 2 resnets per level.
     "sd15": dict(
         block_out_channels=[32, 64, 64, 64],
@@ -113,9 +123,11 @@ def build_tokenizer(pad_token: str):
 
 
 def build_scheduler(model: str = "sdxs-512-0.9"):
-    from diffusers import PNDMScheduler
+    """The model's scheduler, of the class its config names (PNDM for SDXS, Euler for SD-Turbo)."""
+    import diffusers
 
-    return PNDMScheduler.from_config(read_reference_config(model, "scheduler"))
+    path = REFERENCE / model / "scheduler" / "scheduler_config.json"
+    return getattr(diffusers, json.loads(path.read_text())["_class_name"]).from_config(read_reference_config(model, "scheduler"))
 
 
 def save_diffusers_checkpoint(folder: Path, unet, text_encoder, vae, pad_token: str, vae_large=None,

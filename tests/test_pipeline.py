@@ -13,7 +13,8 @@ from mlx_musicviz import load_pipeline
 PROMPT = "a jazz trumpet in a neon-lit street, oil painting"
 
 
-def diffusers_images(folder, latents_nhwc, prompt, vae_large=False):
+def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type="np"):
+    """The one-step pipeline's uint8 images (NHWC), or with output_type="latent" its latents (NHWC)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
@@ -23,7 +24,9 @@ def diffusers_images(folder, latents_nhwc, prompt, vae_large=False):
     with torch.no_grad():
         out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,
                    height=latents_nhwc.shape[1] * 8, width=latents_nhwc.shape[2] * 8,
-                   guidance_scale=0.0, output_type="np").images
+                   guidance_scale=0.0, output_type=output_type).images
+    if output_type == "latent":
+        return out.numpy().transpose(0, 2, 3, 1)
     return (out * 255).round().astype(np.uint8)
 
 
@@ -66,6 +69,47 @@ def test_load_pipeline_converts_a_diffusers_folder_once(small_checkpoint, tmp_pa
     b = load_pipeline(small_checkpoint["diffusers"])
     assert a.folder == b.folder and a.folder.parent.parent == tmp_path / "cache"
     assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+
+
+def test_small_sd_turbo_pipeline_matches_diffusers(tmp_path):
+    """SD-Turbo's family (SD2.1 layout, its own KL VAE, the Euler scheduler at t = 999) at small widths,
+    through text_to_image; "auto" decodes with the KL VAE, and asking for a tiny one is one clear error."""
+    from reference import (
+        SMALL_TEXT_ENCODERS,
+        SMALL_UNETS,
+        build_kl_vae,
+        build_text_encoder,
+        build_unet,
+        save_diffusers_checkpoint,
+    )
+
+    from mlx_musicviz.convert import convert_checkpoint
+    from mlx_musicviz.errors import MusicvizError
+    from mlx_musicviz.models import SchedulerConfig
+    from mlx_musicviz.scheduler import OneStepScheduler
+
+    src = save_diffusers_checkpoint(tmp_path / "diffusers", build_unet(SMALL_UNETS["sd21"], seed=3),
+                                    build_text_encoder(SMALL_TEXT_ENCODERS["openclip"], seed=4), build_kl_vae(seed=5),
+                                    "!", scheduler_model="sd-turbo")
+    pipe = load_pipeline(convert_checkpoint(src, tmp_path / "mlx"))
+    assert (pipe.scheduler.timestep, pipe.scheduler.alpha_prev) == (999, 1.0)  # Euler lands on sigma = 0
+    assert pipe.vae_name() == "large"
+    latents = np.random.default_rng(2).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    got = np.array(pipe.text_to_image(PROMPT, mx.array(latents)))
+    expected = diffusers_images(src, latents, PROMPT)
+    frac = pixels_within(got, expected)
+    print(f"small SD-Turbo pipeline: {frac:.5%} of pixels within 1/255")
+    assert got.shape == expected.shape and frac >= 0.999 and got.std() > 5
+    # The denoised latents, where the scheduler shows (random weights hide it in pixels): SDXS's
+    # PNDM step (unscaled noise, landing on alphas_cumprod[0]) instead of Euler's is far off.
+    expected = diffusers_images(src, latents, PROMPT, output_type="latent")
+    err = rel_l2(np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    pipe.scheduler = OneStepScheduler.from_config(SchedulerConfig())
+    pndm = rel_l2(np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    print(f"denoised latents: relative L2 {err:.1e} (with PNDM's step: {pndm:.1e})")
+    assert err <= 1e-5 < 1e-3 < pndm
+    with pytest.raises(MusicvizError, match="has no tiny VAE"):
+        pipe.decode(mx.array(latents), "tiny")
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ class BenchConfig:
     live_fps: float = 24.0  # the live scenario's frames per second
     layers: bool = False  # also time every convolution and linear-layer shape of the float32 UNet and VAE
     profile: bool = False  # also split the float32 frame's time by kind of work, beside PyTorch's
-    vae: str = "tiny"  # the VAE that decodes: "tiny" (SDXS's own) or "large" (the model's vae_large/)
+    vae: str = "auto"  # the VAE that decodes: "tiny", "large" (KL) or "auto" (see Pipeline.vae_name)
 
     def check(self) -> None:
         """Raise MusicvizError for a level, batch size, VAE, number of runs or render length the runner

@@ -63,7 +63,7 @@ def _timing_fields(rounds: dict[str, list], batch: int, result: BenchResult, pea
 
 
 def time_layers(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None,
-                vae: str = "tiny") -> list[dict]:
+                vae: str = "auto") -> list[dict]:
     """Every distinct convolution and linear-layer shape of one UNet call and one decode by the
     `vae` ("tiny" or "large") of `pipe` on `latents`, timed alone: the module itself on a random
     input of its shape, and the same shape in PyTorch (`reference.time_layer`), taking turns

@@ -81,7 +81,7 @@ def timing_kinds(seconds: dict):
         yield
 
 
-def profile_frame(pipe, latents: mx.array, embeddings: mx.array, vae: str = "tiny") -> dict[str, float]:
+def profile_frame(pipe, latents: mx.array, embeddings: mx.array, vae: str = "auto") -> dict[str, float]:
     """Seconds of one `pipe.generate` call split by kind of work (`PROFILE_KINDS`; "other" is what no
     profiled call covers: adds, copies, concatenations, the scheduler step, the conversion to
     8 bits) and its "total", all timed as `timing_kinds` does."""
@@ -94,7 +94,7 @@ def profile_frame(pipe, latents: mx.array, embeddings: mx.array, vae: str = "tin
 
 
 def profile_frames(pipe, latents: mx.array, embeddings: mx.array, runs: int, reference=None,
-                   vae: str = "tiny") -> list[dict]:
+                   vae: str = "auto") -> list[dict]:
     """The frame's time by kind of work, MLX (`profile_frame`, float32) and PyTorch
     (`reference.profile`, torch.profiler's self time per operator, mapped to the same kinds), taking
     turns (`interleaved_times`). Rows: one per kind and "total", with both sides' rounds (seconds a

@@ -37,7 +37,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
+def _pipeline(source, level: str, group_size: int, vae: str = "auto"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
     (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
     from ..convert.checkpoint import DEFAULT_QUANTIZED
@@ -46,8 +46,9 @@ def _pipeline(source, level: str, group_size: int, vae: str = "tiny"):
     if level in DTYPES:
         return load_pipeline(source, dtype=DTYPES[level])
     bits = int(level.removesuffix("bit"))
-    components = tuple(name for name in DEFAULT_QUANTIZED if name != "vae_large" or vae == "large")
-    return load_pipeline(source).quantize(bits, group_size, components=components)
+    pipe = load_pipeline(source)
+    components = tuple(name for name in DEFAULT_QUANTIZED if name != "vae_large" or pipe.vae_for(vae) is not pipe.vae)
+    return pipe.quantize(bits, group_size, components=components)
 
 
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
@@ -109,8 +110,9 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
             embs = mx.broadcast_to(embeddings[level], (batch, *embeddings[level].shape[1:]))
             prompts = [PROMPT] * batch
             # pipe.denoise's two steps, kept apart: the UNet output is compared with float32's too
-            noise = pipe.predict_noise(latents.astype(pipe.dtype), embs.astype(pipe.dtype))
-            denoised = pipe.scheduler.step(noise, latents.astype(pipe.dtype))
+            sample = pipe.scheduler.scale_noise(latents.astype(pipe.dtype))
+            noise = pipe.predict_noise(sample, embs.astype(pipe.dtype))
+            denoised = pipe.scheduler.step(noise, sample)
             image = pipe.decode(denoised, config.vae)
             mx.eval(latents, embs, noise, denoised, image)
             outputs[level] = (np.array(noise.astype(mx.float32)), np.array(image))

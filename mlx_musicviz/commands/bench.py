@@ -56,8 +56,9 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds", "
 @click.option("--profile", is_flag=True,
               help="Also split the float32 frame's time by kind of work (convolutions, linear layers, attention, "
                    "norms and activations, other), beside PyTorch's.")
-@click.option("--vae", type=click.Choice(["tiny", "large"]), default="tiny", show_default=True,
-              help="The VAE that decodes: SDXS's tiny one, or the model's large (KL) VAE; quantized levels quantize the large one.")
+@click.option("--vae", type=click.Choice(["auto", "tiny", "large"]), default="auto", show_default=True,
+              help="The VAE that decodes: auto (the tiny one where the model has one, else its KL VAE), tiny, or large (the "
+                   "KL VAE); quantized levels quantize SDXS's large one.")
 @click.option("--quick", is_flag=True,
               help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers, --profile and 3 s of live "
                    "at 8 fps (--vae and --group-size apply).")

@@ -187,6 +187,7 @@ class KLVAEConfig(_Config):
 
 @dataclasses.dataclass
 class SchedulerConfig(_Config):
+    class_name: str = "PNDMScheduler"  # the config's `_class_name`
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -196,3 +197,8 @@ class SchedulerConfig(_Config):
     steps_offset: int = 1
     timestep_spacing: str = "trailing"
     trained_betas: Any = None
+    use_karras_sigmas: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return _from_dict(cls, {**data, "class_name": data.get("_class_name", cls.class_name)})

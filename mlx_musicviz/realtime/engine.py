@@ -91,7 +91,7 @@ class SongFrames:
     `crossfade` seconds of frames.
     """
 
-    def __init__(self, pipe, features, settings: LiveSettings, size=256, batch_size: int = 1, vae: str = "tiny",
+    def __init__(self, pipe, features, settings: LiveSettings, size=256, batch_size: int = 1, vae: str = "auto",
                  crossfade: float | None = None):
         self.pipe, self.features, self.vae = pipe, features, vae
         self.width, self.height = frame_size(size)

@@ -66,7 +66,7 @@ class BeatSteps:
 class InputFrames:
     """Frames of a live input, one at a time, each drawn for the moment it will be seen."""
 
-    def __init__(self, pipe, settings: LiveSettings, size=256, vae: str = "tiny", rate: int = SAMPLE_RATE):
+    def __init__(self, pipe, settings: LiveSettings, size=256, vae: str = "auto", rate: int = SAMPLE_RATE):
         self.pipe, self.vae = pipe, vae
         self.width, self.height = frame_size(size)
         self.analyzer = CausalAnalyzer(rate)
