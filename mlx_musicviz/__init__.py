@@ -21,6 +21,7 @@ _LAZY = {
     "preview": ".stills",
     "write_note_prompts": ".note_writer",
     "live": ".realtime.session",
+    "train_lora": ".training",
 }
 
 

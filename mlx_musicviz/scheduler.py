@@ -12,7 +12,7 @@ on that scaled noise with ᾱ_prev = 1 (x0 = σ (z - ε) for ε-prediction), so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
@@ -46,6 +46,7 @@ class OneStepScheduler:
     alpha_prev: float  # ᾱ the step lands on
     prediction_type: str
     noise_scale: float = 1.0  # what the unit-noise latents are multiplied by before the UNet and the step
+    config: SchedulerConfig = field(default_factory=SchedulerConfig, compare=False, repr=False)  # for training
 
     @classmethod
     def from_config(cls, config: SchedulerConfig) -> "OneStepScheduler":
@@ -69,9 +70,9 @@ class OneStepScheduler:
         if config.class_name == "EulerDiscreteScheduler":
             sigma = ((1 - ac[t]) / ac[t]) ** 0.5
             init = sigma if spacing in ("trailing", "linspace") else (sigma**2 + 1) ** 0.5
-            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5))
+            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5), config)
         final = 1.0 if config.set_alpha_to_one else float(ac[0])
-        return cls(int(t), float(ac[t]), final, config.prediction_type)
+        return cls(int(t), float(ac[t]), final, config.prediction_type, 1.0, config)
 
     def scale_noise(self, latents: mx.array) -> mx.array:
         """The sample the UNet and `step` take, from unit-variance noise latents."""

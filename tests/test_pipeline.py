@@ -13,13 +13,16 @@ from mlx_musicviz import load_pipeline
 PROMPT = "a jazz trumpet in a neon-lit street, oil painting"
 
 
-def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type="np"):
-    """The one-step pipeline's uint8 images (NHWC), or with output_type="latent" its latents (NHWC)."""
+def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type="np", lora=None):
+    """The one-step pipeline's uint8 images (NHWC), or with output_type="latent" its latents (NHWC);
+    with `lora`, that LoRA file loaded by `load_lora_weights`."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     if vae_large:
         pipe.vae = AutoencoderKL.from_pretrained(folder / "vae_large")
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,

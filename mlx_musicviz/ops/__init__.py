@@ -16,11 +16,11 @@ Every path is checked against PyTorch or float64 in the tests; docs/performance.
 """
 
 from .convolution import conv2d, conv_path, upsample_conv, upsample_nearest
-from .device import on_cpu, prefers_quantized_matmul
+from .device import differentiable, on_cpu, prefers_quantized_matmul
 from .elementwise import geglu, gelu, silu
 from .normalization import group_norm, layer_norm
 from .quantization import unpack
 from .sdpa import attention, multi_head_attention
 
-__all__ = ["attention", "conv2d", "conv_path", "geglu", "gelu", "group_norm", "layer_norm", "multi_head_attention",
+__all__ = ["attention", "conv2d", "conv_path", "differentiable", "geglu", "gelu", "group_norm", "layer_norm", "multi_head_attention",
            "on_cpu", "prefers_quantized_matmul", "silu", "unpack", "upsample_conv", "upsample_nearest"]

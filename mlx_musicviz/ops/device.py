@@ -1,14 +1,35 @@
 """Which path an operation takes: the CPU paths are for float32 on mlx's CPU device; everything else
-(a GPU, half precision) takes mlx's own kernels."""
+(a GPU, half precision) takes mlx's own kernels, and so does everything inside `differentiable()`."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import mlx.core as mx
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def differentiable():
+    """mlx's own operations inside the block, as on a GPU: they all have gradients, while the CPU fast
+    paths (bit tricks for exp, the C++ kernels) do not. Training differentiates through the models."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def differentiating() -> bool:
+    """Whether this thread is inside `differentiable()`."""
+    return getattr(_local, "depth", 0) > 0
 
 
 def on_cpu(x: mx.array) -> bool:
-    """Whether x takes the CPU fast paths (float32 on the CPU device)."""
-    return mx.default_device() == mx.cpu and x.dtype == mx.float32
+    """Whether x takes the CPU fast paths (float32 on the CPU device, outside `differentiable()`)."""
+    return mx.default_device() == mx.cpu and x.dtype == mx.float32 and not differentiating()
 
 
 def prefers_quantized_matmul() -> bool:

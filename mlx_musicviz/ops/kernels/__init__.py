@@ -204,8 +204,11 @@ def built() -> bool:
 
 def available() -> bool:
     """Whether the models use the C++ kernels: built (see `built`) and faster than mlx's own paths on
-    this CPU (`slower_here`), or asked for with MLX_MUSICVIZ_KERNELS=1."""
-    return built() and (_forced() or slower_here() is None)
+    this CPU (`slower_here`), or asked for with MLX_MUSICVIZ_KERNELS=1; never inside `differentiable()`
+    (the kernels have no gradients)."""
+    from ..device import differentiating
+
+    return not differentiating() and built() and (_forced() or slower_here() is None)
 
 
 def unavailable_reason() -> str | None:
