@@ -22,6 +22,7 @@ _LAZY = {
     "write_note_prompts": ".note_writer",
     "live": ".realtime.session",
     "train_lora": ".training",
+    "compose": ".composing",
 }
 
 

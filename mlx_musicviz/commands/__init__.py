@@ -1,3 +1,3 @@
 """The commands of `musicviz-mlx`, one module each; importing them registers them with `cli.main`."""
 
-from . import analyze, bench, convert, live, mels, render, train  # noqa: F401
+from . import analyze, bench, compose, convert, live, mels, render, train  # noqa: F401
