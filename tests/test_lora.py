@@ -214,3 +214,46 @@ def test_convert_fuses_loras_before_quantizing_and_records_them(small_checkpoint
     assert np.array_equal(a, b)  # the stored checkpoint is the one load_pipeline fuses and quantizes
     again = run_cli("convert", tmp_path / "q8", tmp_path / "again", "--lora", lora_files["kohya"])
     assert again.exit_code == 1 and "quantized; LoRAs fuse into float weights" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_lora_on_the_full_size_unet_matches_peft(tmp_path):
+    """sdxs-512-0.9's full UNet (random weights) with a random rank-8 LoRA on its attention, feed-forward,
+    convolution and time-embedding layers, saved by diffusers: the fused MLX UNet against the peft model
+    (the unfused reference) at 64x64 latents, scale 0.8."""
+    from diffusers import StableDiffusionPipeline
+    from mlx.utils import tree_flatten, tree_unflatten
+    from peft import LoraConfig
+    from reference import build_unet, read_reference_config
+
+    from mlx_musicviz.convert import convert_component
+    from mlx_musicviz.lora import fuse_lora
+    from mlx_musicviz.models import build_model
+    from mlx_musicviz.weights import load_into
+
+    ref = build_unet(read_reference_config("sdxs-512-0.9", "unet"), seed=21)
+    ref.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    state = _random_adapter(ref, LoraConfig(r=8, lora_alpha=8, target_modules=UNET_TARGETS), 22, 0.02)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=state)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in ref.modules():  # the reference at scale 0.8: peft scales each layer's update
+        if isinstance(module, BaseTunerLayer):
+            module.scale_layer(0.8)
+    config, weights = convert_component(tmp_path / "unet")
+    unet = load_into(build_model(config), weights, "unet")
+    fused, record = fuse_lora({"unet": dict(tree_flatten(unet.parameters()))},
+                              tmp_path / "lora" / "pytorch_lora_weights.safetensors", 0.8)
+    unet.update(tree_unflatten(list(fused["unet"].items())))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 64, 64, 4)).astype(np.float32)
+    ctx = rng.standard_normal((1, 77, 1024)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(nchw(x), 999, encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy().transpose(0, 2, 3, 1)
+        ref.disable_adapters()
+        plain = ref(nchw(x), 999, encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy().transpose(0, 2, 3, 1)
+    got = np.array(unet(mx.array(x), 999, mx.array(ctx)))
+    err = rel_l2(got, expected)
+    print(f"full-size UNet with a LoRA on {record['layers']['unet']} layers at scale 0.8: relative L2 {err:.2e} "
+          f"(the LoRA moves the output by {rel_l2(plain, expected):.2e})")
+    assert err <= 1e-4 and rel_l2(plain, expected) > 100 * err
