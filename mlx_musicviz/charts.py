@@ -22,7 +22,7 @@ def check_chart_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise MusicvizError(f"the chart is a PNG: give a path ending in .png, not {path.name}")
-    return check_output_path(path)
+    return check_output_path(path, "features.png")
 
 
 def features_chart(features: AudioFeatures, path: str | os.PathLike, title: str = "",

@@ -80,7 +80,7 @@ def friendly_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="musicviz-mlx")
 def main():
-    """Music videos from a song and a prompt, with SDXS one-step diffusion in MLX.
+    """Music videos from a song and a prompt, with one-step diffusion (SDXS, SD-Turbo) in MLX.
 
     \b
     Examples:
@@ -113,6 +113,9 @@ def _walk_options(fn):
 LORA_OPTION = click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]",
                            help="A LoRA file (diffusers or kohya safetensors) fused into the model, SCALE times "
                                 "(default 1); repeat for several.")
+SCHEDULER_OPTION = click.option("--scheduler", default=None, metavar="NAME[:T]",
+                                help="Take the one step as another scheduler does: lcm (LCM-LoRA), tcd:800 (Hyper-SD's "
+                                     "1-step LoRA), euler, ddim or pndm, at timestep T if given (default: the model's).")
 
 
 def _image_options(fn):
@@ -120,10 +123,11 @@ def _image_options(fn):
     the note prompts."""
     return _options(fn, [
         click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9",
-                     help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, ...)."),
+                     help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, sd-turbo, ...)."),
         click.option("--size", default="512", show_default=True,
                      help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64, at most 1024x1024 pixels."),
         LORA_OPTION,
+        SCHEDULER_OPTION,
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=2, show_default=True),
         click.option("--vae", type=click.Choice(["auto", "tiny", "large"]), default="auto", show_default=True,

@@ -18,16 +18,17 @@ from .errors import MusicvizError
 BESIDE_NAME_EXTRA = 12
 
 
-def check_output_path(output: str | os.PathLike) -> Path:
-    """The output path, after checking it can be written (without creating anything)."""
+def check_output_path(output: str | os.PathLike, example: str = "video.mp4") -> Path:
+    """The output path, after checking it can be written (without creating anything); `example`: a file
+    name the message for a folder suggests."""
     path = Path(output).expanduser()
     try:
-        return _check_output_path(path)
+        return _check_output_path(path, example)
     except OSError as e:  # e.g. a folder name in the path longer than the file system allows
         raise MusicvizError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _check_output_path(path: Path) -> Path:
+def _check_output_path(path: Path, example: str) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if parent.is_dir():
         longest = _name_max(parent) - BESIDE_NAME_EXTRA
@@ -36,7 +37,7 @@ def _check_output_path(path: Path) -> Path:
                                 f"here (the file system allows {longest + BESIDE_NAME_EXTRA}, and the working files "
                                 "beside it need the rest)")
     if path.is_dir():
-        raise MusicvizError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
+        raise MusicvizError(f"output {path} is a folder; give a file name such as {path / example}")
     if not parent.is_dir():
         raise MusicvizError(f"output folder does not exist: {parent}")
     probe = None

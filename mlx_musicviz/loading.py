@@ -13,7 +13,8 @@ from .pipeline import DEFAULT_MODEL, Pipeline
 
 
 def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
-                  bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=()) -> Pipeline:
+                  bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=(),
+                  scheduler: str | None = None) -> Pipeline:
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
     `random:NAME` (random weights of a known architecture: see `random_models`).
 
@@ -23,7 +24,14 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     cache); a quantized checkpoint needs no flag, its record says how.
     loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
     quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
+    scheduler: another scheduler's one step than the checkpoint's (see `Pipeline.set_scheduler`): "lcm"
+    for LCM-LoRA, "tcd:800" for Hyper-SD's 1-step LoRA.
     """
+    if scheduler is not None:
+        from .scheduler import parse_scheduler
+
+        parse_scheduler(scheduler)  # a bad name fails before the model loads
+        return load_pipeline(path_or_repo, dtype, revision, bits, group_size, mixed, loras).set_scheduler(scheduler)
     if dtype not in (mx.float32, mx.float16, mx.bfloat16):
         raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
     if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:

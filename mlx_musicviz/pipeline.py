@@ -98,6 +98,22 @@ class Pipeline:
         mx.eval(self._temb)
         return self
 
+    def set_scheduler(self, scheduler: str) -> "Pipeline":
+        """Take the one step with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800"
+        (Hyper-SD's 1-step LoRA), "euler", "ddim" or "pndm", optionally NAME:TIMESTEP; the record says
+        which. Returns self."""
+        import dataclasses
+
+        from .scheduler import parse_scheduler
+
+        name, timestep = parse_scheduler(scheduler)
+        config = dataclasses.replace(self.scheduler.config, class_name=name)
+        self.scheduler = OneStepScheduler.from_config(config, timestep)
+        self.record = {**self.record, "scheduler": {"class_name": name, "timestep": self.scheduler.timestep}}
+        self._temb = self.unet.time_embed(self.scheduler.timestep)
+        mx.eval(self._temb)
+        return self
+
     def fuse_lora(self, path, scale: float = 1.0) -> "Pipeline":
         """Fuse the LoRA file `path` (diffusers/PEFT or kohya safetensors), `scale` times, into the
         UNet's and text encoder's float weights; the record lists it. Returns self."""
@@ -177,6 +193,9 @@ class Pipeline:
         Shapes only: mlx's own errors for these name a convolution deep inside the model."""
         s = self.latent_multiple
         c, d = self.latent_channels, self.unet.config.cross_attention_dim
+        for name, value in (("latents", latents), ("prompt_embeds", prompt_embeds)):
+            if not isinstance(value, mx.array):
+                raise MusicvizError(f"{name} must be an mx.array (mx.array(x) makes one), not {type(value).__name__}")
         if latents.ndim != 4 or latents.shape[3] != c or latents.shape[1] % s or latents.shape[2] % s or not latents.size:
             raise MusicvizError(f"latents must be (N, h, w, {c}) with h and w multiples of {s} "
                                 f"(images of multiples of {s * self.vae_scale_factor} pixels), got {tuple(latents.shape)}")
@@ -217,7 +236,7 @@ class Pipeline:
             return self.vae if vae == "tiny" else self.vae_large
         if vae == "tiny":
             raise MusicvizError(f"model {self.folder or self.record.get('source')} has no tiny VAE (its vae/ is an "
-                                "AutoencoderKL): use vae \"large\" or \"auto\"")
+                                "AutoencoderKL): use --vae large or auto (vae=\"large\")")
         return self.vae
 
     def decode(self, latents: mx.array, vae: str = "auto") -> mx.array:

@@ -8,6 +8,9 @@ Euler (SD-Turbo) starts from the noise times init_noise_sigma (σ itself for tra
 spacing, else sqrt(σ² + 1)) and gives the UNet that sample over sqrt(σ² + 1): the UNet sees the unit
 noise times `noise_scale` (sqrt(1 - ᾱ_t) for trailing spacing). Its step to σ = 0 is the DDIM formula
 on that scaled noise with ᾱ_prev = 1 (x0 = σ (z - ε) for ε-prediction), so one formula serves all three.
+LCM and TCD (the schedulers of LCM-LoRA and Hyper-SD) take their one step at the last timestep of their
+original 50-step grid (999), or where asked (Hyper-SD's 1-step LoRA: 800). LCM returns its boundary-
+condition output c_skip z + c_out x0 (ᾱ_prev = 1); TCD's last step lands on ᾱ_0, as DDIM's does.
 """
 
 from __future__ import annotations
@@ -35,8 +38,22 @@ def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
     return np.cumprod(1.0 - betas, dtype=np.float32)
 
 
-# The schedulers whose single step is the DDIM formula below.
-SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
+# The schedulers whose single step is the DDIM formula below, and the short names that choose them.
+SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler",
+         "tcd": "TCDScheduler"}
+
+
+def parse_scheduler(text: str) -> tuple[str, int | None]:
+    """"NAME" or "NAME:TIMESTEP" (e.g. "tcd:800") -> (scheduler class name, timestep or None)."""
+    name, _, timestep = str(text).partition(":")
+    if name.lower() not in NAMES:
+        raise MusicvizError(f"unknown scheduler {name!r}; choose one of {', '.join(NAMES)} (optionally NAME:TIMESTEP)")
+    try:
+        t = int(timestep) if timestep else None
+    except ValueError:
+        raise MusicvizError(f"the scheduler's timestep must be a whole number, got {timestep!r}") from None
+    return NAMES[name.lower()], t
 
 
 @dataclass(frozen=True)
@@ -46,21 +63,28 @@ class OneStepScheduler:
     alpha_prev: float  # ᾱ the step lands on
     prediction_type: str
     noise_scale: float = 1.0  # what the unit-noise latents are multiplied by before the UNet and the step
+    c_skip: float = 0.0  # LCM's boundary condition: the step's x0 is c_skip * sample + c_out * x0
+    c_out: float = 1.0
     config: SchedulerConfig = field(default_factory=SchedulerConfig, compare=False, repr=False)  # for training
 
     @classmethod
-    def from_config(cls, config: SchedulerConfig) -> "OneStepScheduler":
+    def from_config(cls, config: SchedulerConfig, timestep: int | None = None) -> "OneStepScheduler":
+        """The one step `config` takes, at `timestep` when given (as diffusers' `timesteps=[t]`)."""
         ac = alphas_cumprod(config)
         n = config.num_train_timesteps
         spacing = config.timestep_spacing
-        if spacing == "trailing":
-            t = n - 1
-        elif spacing == "linspace":
+        if config.class_name in ("LCMScheduler", "TCDScheduler"):
+            t = config.original_inference_steps * (n // config.original_inference_steps) - 1
+        elif spacing in ("trailing", "linspace"):
             t = n - 1
         elif spacing == "leading":
             t = config.steps_offset
         else:
             raise MusicvizError(f"scheduler: timestep_spacing {spacing!r} is not supported")
+        if timestep is not None:
+            if not 0 <= timestep < n:
+                raise MusicvizError(f"the scheduler's timestep must be from 0 to {n - 1}, got {timestep}")
+            t = timestep
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise MusicvizError(f"scheduler: prediction_type {config.prediction_type!r} is not supported")
         if config.class_name not in SCHEDULERS:
@@ -70,9 +94,15 @@ class OneStepScheduler:
         if config.class_name == "EulerDiscreteScheduler":
             sigma = ((1 - ac[t]) / ac[t]) ** 0.5
             init = sigma if spacing in ("trailing", "linspace") else (sigma**2 + 1) ** 0.5
-            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5), config)
-        final = 1.0 if config.set_alpha_to_one else float(ac[0])
-        return cls(int(t), float(ac[t]), final, config.prediction_type, 1.0, config)
+            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5),
+                       config=config)
+        if config.class_name == "LCMScheduler":
+            scaled, sigma_data = t * config.timestep_scaling, 0.5
+            c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+            c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, c_skip=c_skip, c_out=c_out, config=config)
+        final = 1.0 if config.set_alpha_to_one and config.class_name != "TCDScheduler" else float(ac[0])
+        return cls(int(t), float(ac[t]), final, config.prediction_type, config=config)
 
     def scale_noise(self, latents: mx.array) -> mx.array:
         """The sample the UNet and `step` take, from unit-variance noise latents."""
@@ -91,4 +121,6 @@ class OneStepScheduler:
         else:
             x0 = model_output
             eps = (sample - sa * x0) / sb
+        if self.c_skip or self.c_out != 1.0:
+            x0 = self.c_skip * sample + self.c_out * x0
         return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps

@@ -332,7 +332,7 @@ def check_audio_output(path: str | os.PathLike) -> str:
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise MusicvizError(f"output must end in .wav or .flac, not {path.name}")
-    check_output_path(path)
+    check_output_path(path, "audio.wav")
     return fmt
 
 

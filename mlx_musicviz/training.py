@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -52,7 +53,7 @@ class TrainSettings:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise MusicvizError(f"the batch size must be a whole number, 1 or more, got {self.batch_size}")
         if self.resolution < 64 or self.resolution % 64:
-            raise MusicvizError(f"the resolution must be a multiple of 64 pixels, got {self.resolution}")
+            raise MusicvizError(f"the resolution must be 64 pixels or a larger multiple of 64, got {self.resolution}")
         return self
 
 
@@ -125,6 +126,8 @@ def denoising_loss(unet, latents: mx.array, noise: mx.array, timesteps: mx.array
 
 def find_images(folder) -> list[Path]:
     folder = Path(folder)
+    if not folder.exists():
+        raise MusicvizError(f"{folder} does not exist")
     if not folder.is_dir():
         raise MusicvizError(f"{folder} is not a folder of images")
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -190,7 +193,7 @@ def read_captions(paths: list[Path], prompt: str | None, captions) -> list[str]:
     table = read_json(Path(captions))
     if not isinstance(table, dict):
         raise MusicvizError(f"{captions} must be a JSON object of image file name -> caption")
-    missing = [p.name for p in paths if not str(table.get(p.name, "")).strip()]
+    missing = [p.name for p in paths if not (isinstance(table.get(p.name), str) and table[p.name].strip())]
     if missing:
         raise MusicvizError(f"{captions} has no caption for {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     return [str(table[p.name]) for p in paths]
@@ -206,8 +209,10 @@ def checkpoint_folder(output: Path) -> Path:
 
 def _fingerprint(pipe, settings: TrainSettings, paths: list[Path], captions: list[str]) -> str:
     digest = hashlib.sha256()
+    # not the number of steps: a step's draws depend on (seed, step) only, so a run may be resumed longer
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k != "steps"}
     digest.update(json.dumps([str(pipe.record.get("source")), pipe.record.get("revision"), pipe.record.get("loras"),
-                              dataclasses.asdict(settings), captions], sort_keys=True, default=str).encode())
+                              pipe.record.get("scheduler"), kept, captions], sort_keys=True, default=str).encode())
     for path in paths:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -225,7 +230,8 @@ def _save_state(folder: Path, unet, optimizer, step: int, fingerprint: str) -> N
 
 
 def _load_state(folder: Path, unet, optimizer, fingerprint: str) -> int:
-    """The step a kept state reached (its LoRA and optimizer loaded), or 0."""
+    """The step a kept state reached (its LoRA and optimizer loaded), or 0 (with a warning where a kept
+    state cannot serve)."""
     from mlx.utils import tree_unflatten
 
     path = folder / STATE_NAME
@@ -233,9 +239,12 @@ def _load_state(folder: Path, unet, optimizer, fingerprint: str) -> int:
         return 0
     try:
         arrays, meta = mx.load(str(path), return_metadata=True)
-    except Exception:  # a damaged state: start over
+    except Exception:
+        warnings.warn(f"the training state kept in {folder} is damaged: starting over", stacklevel=3)
         return 0
     if meta.get("fingerprint") != fingerprint:
+        warnings.warn(f"the training state kept in {folder} (step {meta.get('step')}) is of other images, "
+                      "captions, model or settings: starting over", stacklevel=3)
         return 0
     unet.update(tree_unflatten([(k[5:], v) for k, v in arrays.items() if k.startswith("lora/")]))
     optimizer.state = tree_unflatten([(k[5:], v) for k, v in arrays.items() if k.startswith("adam/")])
@@ -252,9 +261,10 @@ def save_lora(path: Path, unet, paths: list[str], info: dict) -> None:
 # -- the run --------------------------------------------------------------------------------------------
 
 
-def train_lora(images, output, model="random:tiny", *, prompt: str | None = None, captions=None, rank: int = 8,
+def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | None = None, captions=None, rank: int = 8,
                steps: int = 500, learning_rate: float = 1e-4, batch_size: int = 1, resolution: int = 512,
-               seed: int = 0, save_every: int = 50, resume: bool = True, progress=None, pipeline=None) -> TrainResult:
+               seed: int = 0, save_every: int = 50, resume: bool = True, progress=None, log=None,
+               pipeline=None) -> TrainResult:
     """Train a LoRA of `model`'s UNet on the images in the folder `images`; write it to `output`
     (.safetensors, diffusers/PEFT form).
 
@@ -263,10 +273,12 @@ def train_lora(images, output, model="random:tiny", *, prompt: str | None = None
     resolution: the training side in pixels (images are resized and centre-cropped).
     save_every: steps between checkpoints, kept in a hidden folder beside `output` until the LoRA is
         written; the same call again resumes from the last one (resume=False starts over).
-    progress: called as progress(step, steps, loss) after every step.
+    progress: called as progress(step, steps, loss) after every step; log: called with a line on what
+        the run trains on and where it starts.
     Bad input is one MusicvizError line; nothing is left at `output` unless training finished.
     """
     import mlx.optimizers as optim
+    from mlx.utils import tree_flatten, tree_unflatten
 
     from .loading import load_pipeline
     from .models import AutoencoderTiny
@@ -277,13 +289,17 @@ def train_lora(images, output, model="random:tiny", *, prompt: str | None = None
     settings = TrainSettings(rank, steps, learning_rate, batch_size, resolution, seed).check()
     if not isinstance(save_every, int) or save_every < 1:
         raise MusicvizError(f"save_every must be a whole number of steps, 1 or more, got {save_every}")
-    output = check_output_path(output)
+    output = check_output_path(output, "lora.safetensors")
     if output.suffix != ".safetensors":
         raise MusicvizError(f"the LoRA is written as .safetensors, not {output.suffix or 'a file without a suffix'}")
     paths = find_images(images)
     texts = read_captions(paths, prompt, captions)
     pixels = load_images(paths, resolution)
     pipe = pipeline or load_pipeline(model)
+    if pipe.is_random:
+        from .rendering import RANDOM_WEIGHTS_WARNING
+
+        warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
     if pipe.quantization:
         raise MusicvizError("a quantized model cannot be trained: use its float checkpoint")
     if not isinstance(pipe.vae, AutoencoderTiny) or "encoder" not in pipe.vae:
@@ -296,11 +312,22 @@ def train_lora(images, output, model="random:tiny", *, prompt: str | None = None
         embeds = table[mx.array([unique.index(t) for t in texts])]
         mx.eval(latents, embeds)
         layers = add_lora(pipe.unet, rank, seed)
+        fresh = tree_flatten(pipe.unet.trainable_parameters())  # the LoRA before any step
         fingerprint = _fingerprint(pipe, settings, paths, texts)
         optimizer = optim.AdamW(learning_rate=learning_rate, weight_decay=settings.weight_decay)
         optimizer.init(pipe.unet.trainable_parameters())
         folder = checkpoint_folder(output)
         start = _load_state(folder, pipe.unet, optimizer, fingerprint) if resume else 0
+        if start > steps:
+            warnings.warn(f"the training state kept in {folder} is at step {start}, past the {steps} asked for: "
+                          "starting over", stacklevel=2)
+            pipe.unet.update(tree_unflatten(fresh))
+            optimizer = optim.AdamW(learning_rate=learning_rate, weight_decay=settings.weight_decay)
+            optimizer.init(pipe.unet.trainable_parameters())
+            start = 0
+        if log is not None:
+            log(f"training {len(layers)} layers on {len(paths)} images at {resolution}²"
+                + (f"; resuming at step {start} of {steps} from {folder}" if start else ""))
         ac = mx.array(alphas_cumprod(pipe.scheduler.config))
         prediction = pipe.scheduler.prediction_type
         loss_and_grad = nn.value_and_grad(pipe.unet, lambda x0, eps, t, emb: denoising_loss(

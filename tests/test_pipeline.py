@@ -13,9 +13,11 @@ from mlx_musicviz import load_pipeline
 PROMPT = "a jazz trumpet in a neon-lit street, oil painting"
 
 
-def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type="np", lora=None):
+def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type="np", lora=None, scheduler=None,
+                     **call):
     """The one-step pipeline's uint8 images (NHWC), or with output_type="latent" its latents (NHWC);
-    with `lora`, that LoRA file loaded by `load_lora_weights`."""
+    with `lora`, that LoRA file loaded by `load_lora_weights`; `scheduler`: a diffusers scheduler class
+    name replacing the checkpoint's (from its config); `call`: more arguments of the pipeline's call."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
@@ -23,11 +25,15 @@ def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type=
         pipe.vae = AutoencoderKL.from_pretrained(folder / "vae_large")
     if lora is not None:
         pipe.load_lora_weights(str(lora))
+    if scheduler is not None:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,
                    height=latents_nhwc.shape[1] * 8, width=latents_nhwc.shape[2] * 8,
-                   guidance_scale=0.0, output_type=output_type).images
+                   guidance_scale=0.0, output_type=output_type, **call).images
     if output_type == "latent":
         return out.numpy().transpose(0, 2, 3, 1)
     return (out * 255).round().astype(np.uint8)
@@ -113,6 +119,41 @@ def test_small_sd_turbo_pipeline_matches_diffusers(tmp_path):
     assert err <= 1e-5 < 1e-3 < pndm
     with pytest.raises(MusicvizError, match="has no tiny VAE"):
         pipe.decode(mx.array(latents), "tiny")
+
+
+@pytest.mark.parametrize("scheduler,timestep,call", [("LCMScheduler", None, {}),
+                                                     ("TCDScheduler", 800, {"timesteps": [800], "eta": 1.0})])
+def test_one_step_lora_schedulers_match_diffusers(tmp_path, scheduler, timestep, call):
+    """SD1.5's layout (OpenAI CLIP, KL VAE, its PNDM config with leading spacing) with LCM-LoRA's
+    scheduler (one step at 999, the boundary condition) and Hyper-SD's (TCD at t = 800, eta 1), chosen
+    by name: denoised latents and images against diffusers with the same scheduler and call."""
+    from reference import (
+        SMALL_TEXT_ENCODERS,
+        SMALL_UNETS,
+        build_kl_vae,
+        build_text_encoder,
+        build_unet,
+        save_diffusers_checkpoint,
+    )
+
+    from mlx_musicviz.convert import convert_checkpoint
+
+    src = save_diffusers_checkpoint(tmp_path / "diffusers", build_unet(SMALL_UNETS["sd15"], seed=6),
+                                    build_text_encoder(SMALL_TEXT_ENCODERS["openai"], seed=7), build_kl_vae(seed=8),
+                                    "<|endoftext|>", scheduler_model="sdxs-512-dreamshaper")
+    name = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}[scheduler] + (f":{timestep}" if timestep else "")
+    pipe = load_pipeline(convert_checkpoint(src, tmp_path / "mlx"), scheduler=name)
+    assert pipe.scheduler.timestep == (timestep or 999) and pipe.record["scheduler"]["class_name"] == scheduler
+    latents = np.random.default_rng(4).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    expected = diffusers_images(src, latents, PROMPT, output_type="latent", scheduler=scheduler, **call)
+    got = np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
+    plain = np.array(load_pipeline(tmp_path / "mlx").denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
+    err = rel_l2(got, expected)
+    images = diffusers_images(src, latents, PROMPT, scheduler=scheduler, **call)
+    frac = pixels_within(np.array(pipe.text_to_image(PROMPT, mx.array(latents))), images)
+    print(f"{name}: denoised latents {err:.1e} (the checkpoint's own scheduler: {rel_l2(plain, expected):.1e}); "
+          f"{frac:.4%} of pixels within 1/255")
+    assert err <= 1e-5 and rel_l2(plain, expected) > 100 * err and frac >= 0.999
 
 
 @pytest.mark.slow

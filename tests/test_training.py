@@ -164,6 +164,14 @@ def test_an_interrupted_run_resumes_to_the_same_lora(tiles, tmp_path):
     whole = train_lora(tiles, tmp_path / "b.safetensors", "random:tiny", **kwargs)
     a, b = mx.load(str(out)), mx.load(str(whole.output))
     assert a.keys() == b.keys() and all(np.array_equal(np.array(a[k]), np.array(b[k])) for k in a)
+    # a state kept for other settings is not used, and says so; one kept for fewer steps goes on
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiles, out, "random:tiny", progress=stop_at_11, **kwargs)
+    with pytest.warns(UserWarning, match="is of other images, captions, model or settings: starting over"):
+        with pytest.raises(KeyboardInterrupt):
+            train_lora(tiles, out, "random:tiny", progress=stop_at_11, **{**kwargs, "learning_rate": 2e-3})
+    longer = train_lora(tiles, out, "random:tiny", **{**kwargs, "learning_rate": 2e-3, "steps": 20})
+    assert (longer.resumed_from, longer.steps) == (8, 12)
 
 
 def test_bad_input_is_one_line(tiles, tmp_path):
@@ -188,13 +196,14 @@ def test_bad_input_is_one_line(tiles, tmp_path):
     base = ["train-lora", "--model", "random:tiny", "--resolution", "64", "--steps", "2", "-o", out]
     cases = [
         ([str(empty), "-p", "x"], "holds no images"),
-        ([str(tmp_path / "nowhere"), "-p", "x"], "is not a folder of images"),
+        ([str(tmp_path / "nowhere"), "-p", "x"], "does not exist"),
         ([str(broken), "-p", "x"], "is not a readable image"),
         ([str(mixed), "-p", "x"], "tiles of mixed presets"),
         ([str(tiles), "-p", "x", "--rank", "0"], "rank must be a whole number from 1"),
         ([str(tiles)], "give a prompt for every image or a captions file"),
         ([str(tiles), "--captions", str(tmp_path / "none.json")], "missing file"),
         ([str(tiles), "-p", "x", "--resolution", "100"], "multiple of 64"),
+        ([str(tiles), "-p", "x", "-o", str(tmp_path)], "such as " + str(tmp_path / "lora.safetensors")),
         ([str(tiles), "-p", "x", "-o", str(tmp_path / "x.txt")], "as .safetensors"),
     ]
     for args, message in cases:

@@ -68,7 +68,7 @@ def _analyze_live(song, live, json_out, chart) -> None:
     if chart:
         raise click.UsageError("--out charts the offline analysis: drop --live or --out")
     if json_out:
-        check_output_path(json_out)
+        check_output_path(json_out, "live.json")
     found = analyze_live(song)
     tempo = [b for b in found["tempo_bpm"] if b > 0]
     click.echo(f"{song}: {found['duration']:.2f} s in blocks of {found['block']} samples (look-ahead "

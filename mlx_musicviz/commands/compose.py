@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import LORA_OPTION, friendly_errors, main
+from ..cli import LORA_OPTION, SCHEDULER_OPTION, friendly_errors, main
 
 
 @main.command()
@@ -13,6 +13,7 @@ from ..cli import LORA_OPTION, friendly_errors, main
 @click.option("--model", default="IDKiro/sdxs-512-0.9", show_default=True,
               help="Hub repo id, diffusers folder, converted folder, or random:NAME.")
 @LORA_OPTION
+@SCHEDULER_OPTION
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the audio.")
 @click.option("--preset", type=click.Choice(["default", "riffusion"]), default="default", show_default=True,
               help="The tiles' mel parameters: those the LoRA's tiles were made with.")
@@ -21,7 +22,7 @@ from ..cli import LORA_OPTION, friendly_errors, main
               help="Pixel columns each tile shares with the one before (a multiple of 8; 0: tiles side by side).")
 @click.option("--iterations", type=int, default=64, show_default=True, help="Griffin-Lim rounds (more: better phase).")
 @friendly_errors
-def compose(prompt, output, model, loras, seconds, preset, seed, overlap, iterations):
+def compose(prompt, output, model, loras, scheduler, seconds, preset, seed, overlap, iterations):
     """Compose audio from a prompt: consecutive mel-spectrogram tiles, each continuing the one before,
     turned into sound as `spec2audio` does (peak at -1 dBFS).
 
@@ -39,6 +40,6 @@ def compose(prompt, output, model, loras, seconds, preset, seed, overlap, iterat
         click.echo(f"\r  tile {done}/{total}", nl=False, err=True)
 
     result = make(prompt, output, model, seconds=seconds, preset=preset, seed=seed, overlap=overlap,
-                  iterations=iterations, loras=loras, progress=progress)
+                  iterations=iterations, loras=loras, scheduler=scheduler, progress=progress)
     click.echo("", err=True)
     click.echo(f"{result.output}: {result.seconds:.2f} s from {result.tiles} tiles")

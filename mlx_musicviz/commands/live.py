@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import LORA_OPTION, _walk_options, _warn_random, friendly_errors, main
+from ..cli import LORA_OPTION, SCHEDULER_OPTION, _walk_options, _warn_random, friendly_errors, main
 from ..errors import MusicvizError
 
 
@@ -19,6 +19,7 @@ from ..errors import MusicvizError
 @click.option("--fps", type=float, default=24, show_default=True, help="Frames per second of the song's timeline, 1 to 60.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @LORA_OPTION
+@SCHEDULER_OPTION
 @_walk_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to serve on; any other than loopback needs the token printed with the URL.")
@@ -26,7 +27,7 @@ from ..errors import MusicvizError
 @click.option("--osc", "osc_port", type=int, default=None, help="Also take /prompt, /motion, /seed, /mode over OSC on this UDP port.")
 @click.option("--no-open", is_flag=True, help="Do not open the page in the browser.")
 @friendly_errors
-def live_command(song, prompt, input_device, model, size, fps, seed, loras, mode, beat_grid, motion, host, port,
+def live_command(song, prompt, input_device, model, size, fps, seed, loras, scheduler, mode, beat_grid, motion, host, port,
                  osc_port, no_open):
     """Show the video of SONG in a browser page as it plays (frames made ahead of the music), or of a
     live audio input (--input: a microphone, line-in or a sound server's monitor) as it arrives.
@@ -63,6 +64,7 @@ def live_command(song, prompt, input_device, model, size, fps, seed, loras, mode
 
     try:
         live(song, prompt, input=input_device, model=model, on_ready=ready, size=size, fps=fps, seed=seed, motion=motion, mode=mode, grid=beat_grid,
-             host=host, port=port, open_browser=not no_open, osc_port=osc_port, loras=loras)
+             host=host, port=port, open_browser=not no_open, osc_port=osc_port, loras=loras,
+             scheduler=scheduler)
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a live session ends
         click.echo("live: stopped", err=True)

@@ -14,8 +14,9 @@ from ..cli import friendly_errors, main
 @click.option("-o", "--output", required=True, type=click.Path(), help="The LoRA file to write (.safetensors).")
 @click.option("--model", default="IDKiro/sdxs-512-0.9", show_default=True,
               help="Hub repo id, diffusers folder, converted folder, or random:NAME; a float model with a tiny VAE (SDXS).")
-@click.option("-p", "--prompt", default=None, help="The caption of every image.")
-@click.option("--captions", type=click.Path(), default=None, help="A JSON file: image file name -> caption.")
+@click.option("-p", "--prompt", default=None, help="The caption of every image (this or --captions).")
+@click.option("--captions", type=click.Path(), default=None,
+              help="A JSON file: image file name -> caption (this or --prompt).")
 @click.option("--rank", type=int, default=8, show_default=True, help="The LoRA's rank (its alpha is the rank).")
 @click.option("--steps", type=int, default=500, show_default=True, help="Optimizer steps.")
 @click.option("--lr", "learning_rate", type=float, default=1e-4, show_default=True, help="AdamW's learning rate.")
@@ -23,7 +24,8 @@ from ..cli import friendly_errors, main
 @click.option("--resolution", type=int, default=512, show_default=True,
               help="Training side in pixels (images are resized and centre-cropped); a multiple of 64.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--save-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--save-every", type=int, default=50, show_default=True,
+              help="Steps between checkpoints, kept in .NAME.train/ beside the output until it is written.")
 @click.option("--restart", is_flag=True, help="Start over, throwing away the state an interrupted run kept.")
 @friendly_errors
 def train_lora(folder, output, model, prompt, captions, rank, steps, learning_rate, batch_size, resolution, seed,
@@ -36,13 +38,14 @@ def train_lora(folder, output, model, prompt, captions, rank, steps, learning_ra
 
     \b
     Examples:
-      musicviz-mlx mels piano/ tiles/ && musicviz-mlx train-lora tiles/ -p "a mel spectrogram of piano" -o piano.safetensors
+      musicviz-mlx mels piano/ tiles/
+      musicviz-mlx train-lora tiles/ -p "a mel spectrogram of piano" -o piano.safetensors
       musicviz-mlx train-lora photos/ --captions captions.json --rank 16 --steps 2000 -o style.safetensors
     """
-    from ..cli import _warn_random
+    import warnings
+
     from ..training import train_lora as train
 
-    _warn_random(model)
     start, first, recent = time.perf_counter(), {}, []
 
     def progress(step, total, loss):
@@ -51,12 +54,21 @@ def train_lora(folder, output, model, prompt, captions, rank, steps, learning_ra
         recent[:] = [*recent[-19:], loss]
         done, seconds = step - first["step"], time.perf_counter() - first["time"]
         pace = f"  {done / seconds:.2f} steps/s  ETA {(total - step) * seconds / done:.0f} s" if done else ""
-        click.echo(f"\r  step {step}/{total}  loss {sum(recent) / len(recent):.4f}{pace} ", nl=False, err=True)
+        click.echo(f"\r  step {step}/{total}  loss (mean of {len(recent)}) {sum(recent) / len(recent):.4f}{pace} ",
+                   nl=False, err=True)
 
-    result = train(folder, output, model, prompt=prompt, captions=captions, rank=rank, steps=steps,
-                   learning_rate=learning_rate, batch_size=batch_size, resolution=resolution, seed=seed,
-                   save_every=save_every, resume=not restart, progress=progress)
-    click.echo("", err=True)
+    def say(line):
+        click.echo(line, err=True)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *a, **k: click.echo(f"warning: {message}", err=True)
+            result = train(folder, output, model, prompt=prompt, captions=captions, rank=rank, steps=steps,
+                           learning_rate=learning_rate, batch_size=batch_size, resolution=resolution, seed=seed,
+                           save_every=save_every, resume=not restart, progress=progress, log=say)
+    finally:
+        if first:  # end the progress line
+            click.echo("", err=True)
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     last = sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1)
     click.echo(f"{result.output}: {steps} steps{resumed} in {time.perf_counter() - start:.0f} s, "

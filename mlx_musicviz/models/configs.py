@@ -198,6 +198,8 @@ class SchedulerConfig(_Config):
     timestep_spacing: str = "trailing"
     trained_betas: Any = None
     use_karras_sigmas: bool = False
+    original_inference_steps: int = 50  # LCM, TCD: the grid their one step is taken from
+    timestep_scaling: float = 10.0  # LCM: the boundary condition's time scale
 
     @classmethod
     def from_dict(cls, data: dict):
