@@ -161,3 +161,15 @@ def nchw(x):
 
 def nhwc(t) -> np.ndarray:
     return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def small_kl_checkpoint(folder: Path, unet: str, text_encoder: str, pad_token: str, scheduler_model: str,
+                        seed: int = 0) -> tuple[Path, Path]:
+    """A small SD-style checkpoint (a SMALL_UNETS layout, a SMALL_TEXT_ENCODERS encoder, a KL VAE as its
+    vae/, `scheduler_model`'s scheduler) saved by diffusers, and its MLX conversion: (diffusers, mlx)."""
+    from mlx_musicviz.convert import convert_checkpoint
+
+    src = save_diffusers_checkpoint(Path(folder) / "diffusers", build_unet(SMALL_UNETS[unet], seed=seed),
+                                    build_text_encoder(SMALL_TEXT_ENCODERS[text_encoder], seed=seed + 1),
+                                    build_kl_vae(seed=seed + 2), pad_token, scheduler_model=scheduler_model)
+    return src, convert_checkpoint(src, Path(folder) / "mlx")

@@ -83,24 +83,14 @@ def test_load_pipeline_converts_a_diffusers_folder_once(small_checkpoint, tmp_pa
 def test_small_sd_turbo_pipeline_matches_diffusers(tmp_path):
     """SD-Turbo's family (SD2.1 layout, its own KL VAE, the Euler scheduler at t = 999) at small widths,
     through text_to_image; "auto" decodes with the KL VAE, and asking for a tiny one is one clear error."""
-    from reference import (
-        SMALL_TEXT_ENCODERS,
-        SMALL_UNETS,
-        build_kl_vae,
-        build_text_encoder,
-        build_unet,
-        save_diffusers_checkpoint,
-    )
+    from reference import small_kl_checkpoint
 
-    from mlx_musicviz.convert import convert_checkpoint
     from mlx_musicviz.errors import MusicvizError
     from mlx_musicviz.models import SchedulerConfig
     from mlx_musicviz.scheduler import OneStepScheduler
 
-    src = save_diffusers_checkpoint(tmp_path / "diffusers", build_unet(SMALL_UNETS["sd21"], seed=3),
-                                    build_text_encoder(SMALL_TEXT_ENCODERS["openclip"], seed=4), build_kl_vae(seed=5),
-                                    "!", scheduler_model="sd-turbo")
-    pipe = load_pipeline(convert_checkpoint(src, tmp_path / "mlx"))
+    src, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=3)
+    pipe = load_pipeline(converted)
     assert (pipe.scheduler.timestep, pipe.scheduler.alpha_prev) == (999, 1.0)  # Euler lands on sigma = 0
     assert pipe.vae_name() == "large"
     latents = np.random.default_rng(2).standard_normal((2, 16, 16, 4)).astype(np.float32)
@@ -124,30 +114,19 @@ def test_small_sd_turbo_pipeline_matches_diffusers(tmp_path):
 @pytest.mark.parametrize("scheduler,timestep,call", [("LCMScheduler", None, {}),
                                                      ("TCDScheduler", 800, {"timesteps": [800], "eta": 1.0})])
 def test_one_step_lora_schedulers_match_diffusers(tmp_path, scheduler, timestep, call):
-    """SD1.5's layout (OpenAI CLIP, KL VAE, its PNDM config with leading spacing) with LCM-LoRA's
-    scheduler (one step at 999, the boundary condition) and Hyper-SD's (TCD at t = 800, eta 1), chosen
-    by name: denoised latents and images against diffusers with the same scheduler and call."""
-    from reference import (
-        SMALL_TEXT_ENCODERS,
-        SMALL_UNETS,
-        build_kl_vae,
-        build_text_encoder,
-        build_unet,
-        save_diffusers_checkpoint,
-    )
+    """SD1.5's layout (OpenAI CLIP, KL VAE; dreamshaper's PNDM config) with LCM-LoRA's scheduler (one step
+    at 999, the boundary condition) and Hyper-SD's (TCD at t = 800, eta 1), chosen by name: denoised
+    latents and images against diffusers with the same scheduler and call."""
+    from reference import small_kl_checkpoint
 
-    from mlx_musicviz.convert import convert_checkpoint
-
-    src = save_diffusers_checkpoint(tmp_path / "diffusers", build_unet(SMALL_UNETS["sd15"], seed=6),
-                                    build_text_encoder(SMALL_TEXT_ENCODERS["openai"], seed=7), build_kl_vae(seed=8),
-                                    "<|endoftext|>", scheduler_model="sdxs-512-dreamshaper")
+    src, converted = small_kl_checkpoint(tmp_path, "sd15", "openai", "<|endoftext|>", "sdxs-512-dreamshaper", seed=6)
     name = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}[scheduler] + (f":{timestep}" if timestep else "")
-    pipe = load_pipeline(convert_checkpoint(src, tmp_path / "mlx"), scheduler=name)
+    pipe = load_pipeline(converted, scheduler=name)
     assert pipe.scheduler.timestep == (timestep or 999) and pipe.record["scheduler"]["class_name"] == scheduler
     latents = np.random.default_rng(4).standard_normal((2, 16, 16, 4)).astype(np.float32)
     expected = diffusers_images(src, latents, PROMPT, output_type="latent", scheduler=scheduler, **call)
     got = np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
-    plain = np.array(load_pipeline(tmp_path / "mlx").denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
+    plain = np.array(load_pipeline(converted).denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
     err = rel_l2(got, expected)
     images = diffusers_images(src, latents, PROMPT, scheduler=scheduler, **call)
     frac = pixels_within(np.array(pipe.text_to_image(PROMPT, mx.array(latents))), images)
