@@ -25,6 +25,7 @@ FORMAT_NAME = "mlx-musicviz"
 FORMAT_VERSION = 2  # 2: quantized components
 RECORD_NAME = "musicviz.json"
 WEIGHTS_NAME = "model.safetensors"
+ENCODER_NAME = "encoder.safetensors"  # beside a KL VAE's weights: its encoder, read only to train LoRAs
 # Pipeline components: the three the one-step pipeline needs, and the optional large VAE.
 COMPONENTS = ("text_encoder", "unet", "vae", "vae_large")
 REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")

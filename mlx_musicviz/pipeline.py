@@ -1,4 +1,5 @@
-"""The one-step SDXS pipeline in MLX: tokenizer -> text encoder -> UNet (t=999) -> VAE decode.
+"""The one-step pipeline in MLX (SDXS, SD-Turbo, SD1.5 with a one-step LoRA): tokenizer -> text encoder ->
+UNet (one timestep) -> scheduler step -> VAE decode.
 
 `Pipeline.from_folder` reads an MLX checkpoint folder (`checkpoint_format`); `loading.load_pipeline`
 also takes diffusers folders and hub ids, converted once into the cache.
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .checkpoint_format import WEIGHTS_NAME, check_plan_matches, component_plan, read_record
+from .checkpoint_format import ENCODER_NAME, WEIGHTS_NAME, check_plan_matches, component_plan, read_record
 from .errors import MusicvizError
 from .models import AutoencoderTiny, CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
@@ -37,6 +38,7 @@ class Pipeline:
         self.record = record or {}
         self._vae_large = None
         self._build_vae_large = None  # random models: builds the large VAE when it is first used
+        self._kl_encoder = None
         # The timestep never changes: embed it once (batch 1 broadcasts over any batch).
         self._temb = self.unet.time_embed(self.scheduler.timestep)
         mx.eval(self._temb)
@@ -244,6 +246,34 @@ class Pipeline:
         model = self.vae_for(vae)
         images = model.decode(latents / model.config.scaling_factor)
         return to_uint8(images)
+
+    def encode_images(self, images: mx.array) -> mx.array:
+        """NHWC images in [-1, 1] -> the UNet's latents: the VAE's encoding (a KL VAE's mean) times its
+        scaling factor, as diffusers' training scripts make them."""
+        vae = self.vae if isinstance(self.vae, AutoencoderTiny) else self._load_kl_encoder()
+        if "encoder" not in vae:
+            raise MusicvizError(f"model {self.folder or self.record.get('source')}: its tiny VAE has no encoder")
+        return vae.encode(images.astype(self.dtype)) * vae.config.scaling_factor
+
+    def _load_kl_encoder(self):
+        """The encoder half of the model's KL VAE (`vae/`), loaded when first asked for."""
+        if self._kl_encoder is None:
+            from .models import AutoencoderKL
+
+            config = self.vae.config
+            if self.is_random:  # random weights of a fixed seed, as the rest of a random model
+                mx.random.seed(2)
+                encoder = AutoencoderKL(config, encoder=True, decoder=False)
+            else:
+                path = (self.folder or Path(".")) / "vae" / ENCODER_NAME
+                if not path.exists():
+                    raise MusicvizError(f"model {self.folder} has no VAE encoder ({path}): it was converted by an "
+                                        "older version; convert it again from its source to train on it")
+                weights, _ = load_safetensors(path)
+                encoder = load_into(AutoencoderKL(config, encoder=True, decoder=False), weights, str(path), self.dtype)
+            encoder.set_dtype(self.dtype)
+            self._kl_encoder = encoder.eval()
+        return self._kl_encoder
 
     def text_to_image(self, prompt: str | list[str], latents: mx.array, vae: str = "auto") -> mx.array:
         """One still per latent: `latents` unit-variance noise (N, h, w, C), as diffusers' `latents=`

@@ -281,7 +281,6 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
     from mlx.utils import tree_flatten, tree_unflatten
 
     from .loading import load_pipeline
-    from .models import AutoencoderTiny
     from .ops import differentiable
     from .scheduler import alphas_cumprod
 
@@ -302,11 +301,8 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
         warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
     if pipe.quantization:
         raise MusicvizError("a quantized model cannot be trained: use its float checkpoint")
-    if not isinstance(pipe.vae, AutoencoderTiny) or "encoder" not in pipe.vae:
-        raise MusicvizError(f"training needs the model's tiny VAE encoder (SDXS models); "
-                            f"{pipe.folder or pipe.record.get('source')} has none")
     with differentiable():  # mlx's own operations throughout: the CPU fast paths have no gradients
-        latents = mx.concatenate([pipe.vae.encode(mx.array(pixels[i:i + 4])) for i in range(0, len(pixels), 4)])
+        latents = mx.concatenate([pipe.encode_images(mx.array(pixels[i:i + 4])) for i in range(0, len(pixels), 4)])
         unique = sorted(set(texts))
         table = pipe.encode_prompt(unique)
         embeds = table[mx.array([unique.index(t) for t in texts])]

@@ -14,6 +14,7 @@ from mlx_musicviz import load_pipeline
 from mlx_musicviz.training import TARGETS, add_lora, denoising_loss, train_lora
 
 PROMPT = "a mel spectrogram of a string orchestra"
+pytestmark = pytest.mark.filterwarnings("ignore:random weights")  # random:tiny is the model of several tests
 
 
 def _peft_unet(small_checkpoint, rank: int, seed: int):
@@ -129,17 +130,24 @@ def test_training_on_real_tiles_lowers_the_loss(tiles, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the checkpoint folder is gone
 
 
-def test_the_file_loads_in_diffusers_and_here_and_changes_the_image(small_checkpoint, tiles, tmp_path):
-    """A LoRA trained on the small checkpoint, loaded by diffusers' load_lora_weights and by --lora: the
-    same image (within 1/255), different from the model's without it."""
+@pytest.mark.parametrize("family", ["sdxs", "sd-turbo"])
+def test_the_file_loads_in_diffusers_and_here_and_changes_the_image(small_checkpoint, tiles, tmp_path, family):
+    """A LoRA trained on a small checkpoint (SDXS's layout, images encoded by its tiny VAE; SD-Turbo's,
+    by its KL VAE's encoder), loaded by diffusers' load_lora_weights and by --lora: the same image
+    (within 1/255), different from the model's without it."""
+    from reference import small_kl_checkpoint
     from test_pipeline import diffusers_images, pixels_within
 
-    lora = train_lora(tiles, tmp_path / "small.safetensors", small_checkpoint["mlx"], prompt=PROMPT, rank=4,
+    if family == "sdxs":
+        src, converted = small_checkpoint["diffusers"], small_checkpoint["mlx"]
+    else:
+        src, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=30)
+    lora = train_lora(tiles, tmp_path / "small.safetensors", converted, prompt=PROMPT, rank=4,
                       steps=30, learning_rate=2e-2, resolution=64).output
     latents = np.random.default_rng(5).standard_normal((1, 16, 16, 4)).astype(np.float32)
-    plain = np.array(load_pipeline(small_checkpoint["mlx"]).text_to_image(PROMPT, mx.array(latents)))
-    ours = np.array(load_pipeline(small_checkpoint["mlx"], loras=[lora]).text_to_image(PROMPT, mx.array(latents)))
-    theirs = diffusers_images(small_checkpoint["diffusers"], latents, PROMPT, lora=lora)
+    plain = np.array(load_pipeline(converted).text_to_image(PROMPT, mx.array(latents)))
+    ours = np.array(load_pipeline(converted, loras=[lora]).text_to_image(PROMPT, mx.array(latents)))
+    theirs = diffusers_images(src, latents, PROMPT, lora=lora)
     changed = 1 - pixels_within(ours, plain)
     print(f"with the LoRA: {pixels_within(ours, theirs):.4%} of pixels within 1/255 of diffusers'; "
           f"{changed:.1%} of pixels changed by it")
@@ -211,6 +219,21 @@ def test_bad_input_is_one_line(tiles, tmp_path):
         lines = error_lines(result)
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], (args, result.stderr[-500:])
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_kl_model_converted_without_its_encoder_is_one_line(tiles, tmp_path):
+    from reference import small_kl_checkpoint
+
+    from mlx_musicviz.checkpoint_format import ENCODER_NAME
+    from mlx_musicviz.convert import convert_checkpoint
+    from mlx_musicviz.errors import MusicvizError
+
+    _, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=40)
+    assert (converted / "vae" / ENCODER_NAME).exists()  # kept by convert, from diffusers and from MLX checkpoints
+    assert (convert_checkpoint(converted, tmp_path / "again", bits=8) / "vae" / ENCODER_NAME).exists()
+    (converted / "vae" / ENCODER_NAME).unlink()
+    with pytest.raises(MusicvizError, match="converted by an older version; convert it again"):
+        train_lora(tiles, tmp_path / "x.safetensors", converted, prompt=PROMPT, steps=1, resolution=64)
 
 
 def _pnginfo(path):

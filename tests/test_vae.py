@@ -1,4 +1,4 @@
-"""AutoencoderTiny (encoder and decoder) and the AutoencoderKL decoder against diffusers."""
+"""AutoencoderTiny and AutoencoderKL (encoder and decoder) against diffusers."""
 
 import mlx.core as mx
 import numpy as np
@@ -39,6 +39,35 @@ def test_tiny_vae_from_pretrained_diffusers_folder(tmp_path):
     with torch.no_grad():
         expected = nhwc(ref.decode(nchw(latents)).sample)
     assert rel_l2(np.array(model.decode(mx.array(latents))), expected) <= 1e-4
+
+
+def _kl_encoder(tmp_path, ref):
+    """The MLX encoder half of the KL VAE `ref`, from the weights the converter keeps for it."""
+    from mlx_musicviz.convert.checkpoint import kl_encoder_weights
+    from mlx_musicviz.models import AutoencoderKL, KLVAEConfig
+
+    ref.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    cfg, _ = convert_component(tmp_path / "vae")
+    model = AutoencoderKL(KLVAEConfig.from_dict(cfg), encoder=True, decoder=False)
+    return load_into(model, kl_encoder_weights(tmp_path / "vae"), "vae encoder")
+
+
+@pytest.mark.parametrize("full_size", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_kl_encoder_matches_diffusers(tmp_path, full_size):
+    """The latent distribution's mean, small and in SD's layout at 512x512 (what LoRA training encodes)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(11)
+    ref = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2).eval() if full_size else \
+        build_kl_vae(seed=11)
+    side = 512 if full_size else 64
+    images = np.random.default_rng(4).uniform(-1, 1, (1 if full_size else 2, side, side, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = nhwc(ref.encode(nchw(images)).latent_dist.mean)
+    got = np.array(_kl_encoder(tmp_path, ref).encode(mx.array(images)))
+    print(f"KL encoder ({'SD layout, 512 px' if full_size else 'small'}): relative L2 {rel_l2(got, expected):.1e}")
+    assert got.shape == expected.shape and rel_l2(got, expected) <= 1e-4
 
 
 def test_kl_decoder_matches_diffusers(tmp_path):

@@ -15,6 +15,7 @@ from .. import __version__
 from ..checkpoint_format import (
     COMPONENTS,
     DTYPES,
+    ENCODER_NAME,
     FORMAT_NAME,
     FORMAT_VERSION,
     RECORD_NAME,
@@ -99,6 +100,29 @@ def convert_component(folder: Path, dtype=None) -> tuple[dict, dict[str, mx.arra
     weights = keymaps.map_state_dict(_read_weights(files), KEY_FUNCTIONS[name])
     check_weights(build_model(config, str(folder / "config.json")), weights, str(files[0]))
     return config, _cast(weights, dtype)
+
+
+def kl_encoder_weights(folder: Path) -> dict[str, mx.array]:
+    """MLX weights of the encoder half (encoder.*, quant_conv.*) of a diffusers AutoencoderKL folder; empty
+    where the file holds none."""
+    return keymaps.map_state_dict(_read_weights(find_weight_files(Path(folder))), keymaps.kl_encoder_key)
+
+
+def _write_kl_encoder(src: Path, dst: Path, converted: bool, cast, name: str) -> None:
+    """Keep a KL VAE's encoder beside its converted weights (`ENCODER_NAME`), from a diffusers folder or
+    a converted checkpoint; nothing where the source has none."""
+    if converted:
+        if (src / ENCODER_NAME).exists():
+            weights, _ = load_safetensors(src / ENCODER_NAME)
+        else:
+            return
+    else:
+        weights = kl_encoder_weights(src)
+    if weights:
+        weights = _cast(weights, cast)
+        metadata = {"format": FORMAT_NAME, "component": f"{name}-encoder", "library_version": __version__,
+                    "dtype": str(_storage_dtype(weights)).replace("mlx.core.", "")}
+        save_safetensors(dst / ENCODER_NAME, weights, metadata)
 
 
 def _storage_dtype(weights: dict[str, mx.array]):
@@ -201,6 +225,8 @@ def convert_checkpoint(
                 metadata["quantization"] = json.dumps(plans[name], sort_keys=True)
             write_json(tmp / name / "config.json", config)
             save_safetensors(tmp / name / WEIGHTS_NAME, weights, metadata)
+            if class_name_of(config) == "AutoencoderKL":
+                _write_kl_encoder(folder / name, tmp / name, record_in is not None, cast, name)
         shutil.copytree(folder / "tokenizer", tmp / "tokenizer")
         if (folder / "scheduler").is_dir():
             shutil.copytree(folder / "scheduler", tmp / "scheduler")

@@ -29,6 +29,11 @@ def unet_key(key: str) -> str | None:
     return key
 
 
+def kl_encoder_key(key: str) -> str | None:
+    # The encoder half, kept apart from the decoder's weights (see checkpoint_format.ENCODER_NAME).
+    return key if key.startswith(("encoder.", "quant_conv.")) else None
+
+
 def tiny_vae_key(key: str) -> str | None:
     return key
 

@@ -181,6 +181,7 @@ class KLVAEConfig(_Config):
     scaling_factor: float = 0.18215
     shift_factor: float | None = None
     use_post_quant_conv: bool = True
+    use_quant_conv: bool = True
     mid_block_add_attention: bool = True
     act_fn: str = "silu"
 
