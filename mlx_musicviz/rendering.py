@@ -192,6 +192,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         t = time.perf_counter()
         pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler)
         vae = pipe.vae_name(vae)  # "auto" named, so that a resume matches what the frames were made with
+        pipe.vae_for(vae)  # a model without that VAE says so now, not after the first batch
         times["load"] = time.perf_counter() - t
 
         t = time.perf_counter()
