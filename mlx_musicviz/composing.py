@@ -144,7 +144,8 @@ def seam_flux(y: np.ndarray, p: MelParams, seams: list[tuple[float, float]], mar
     within the tiles)."""
     from .spectrogram import mel_magnitude
 
-    db = 20 * np.log10(np.maximum(mel_magnitude(y, p), 1e-5 * mel_magnitude(y, p).max()))
+    mel = mel_magnitude(y, p)
+    db = 20 * np.log10(np.maximum(mel, 1e-5 * mel.max()))
     flux = np.maximum(np.diff(db, axis=1), 0).mean(axis=0)
     times = (np.arange(len(flux)) + 1) * p.hop_length / p.sample_rate
     near = np.zeros(len(flux), bool)

@@ -39,9 +39,7 @@ class Pipeline:
         self._vae_large = None
         self._build_vae_large = None  # random models: builds the large VAE when it is first used
         self._kl_encoder = None
-        # The timestep never changes: embed it once (batch 1 broadcasts over any batch).
-        self._temb = self.unet.time_embed(self.scheduler.timestep)
-        mx.eval(self._temb)
+        self._embed_timestep()
 
     @classmethod
     def from_folder(cls, folder: Path, dtype=mx.float32) -> "Pipeline":
@@ -96,9 +94,14 @@ class Pipeline:
             mx.eval(module.parameters())
             quantization[name] = plan.to_dict()
         self.record = {**self.record, "quantization": quantization}
+        self._embed_timestep()
+        return self
+
+    def _embed_timestep(self) -> None:
+        """The timestep never changes between calls: embed it once (batch 1 broadcasts over any batch),
+        again whenever the UNet or the scheduler changes."""
         self._temb = self.unet.time_embed(self.scheduler.timestep)
         mx.eval(self._temb)
-        return self
 
     def set_scheduler(self, scheduler: str) -> "Pipeline":
         """Take the one step with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800"
@@ -112,8 +115,7 @@ class Pipeline:
         config = dataclasses.replace(self.scheduler.config, class_name=name)
         self.scheduler = OneStepScheduler.from_config(config, timestep)
         self.record = {**self.record, "scheduler": {"class_name": name, "timestep": self.scheduler.timestep}}
-        self._temb = self.unet.time_embed(self.scheduler.timestep)
-        mx.eval(self._temb)
+        self._embed_timestep()
         return self
 
     def fuse_lora(self, path, scale: float = 1.0) -> "Pipeline":
@@ -129,8 +131,7 @@ class Pipeline:
             modules[name].update(tree_unflatten(list(weights.items())))
             mx.eval(modules[name].parameters())
         self.record = {**self.record, "loras": [*self.record.get("loras", []), done]}
-        self._temb = self.unet.time_embed(self.scheduler.timestep)
-        mx.eval(self._temb)
+        self._embed_timestep()
         return self
 
     @property

@@ -207,7 +207,7 @@ def checkpoint_folder(output: Path) -> Path:
     return output.parent / f".{output.name}.train"
 
 
-def _fingerprint(pipe, settings: TrainSettings, paths: list[Path], captions: list[str]) -> str:
+def _fingerprint(pipe, settings: TrainSettings, paths: list[Path], pixels: np.ndarray, captions: list[str]) -> str:
     digest = hashlib.sha256()
     # not the number of steps: a step's draws depend on (seed, step) only, so a run may be resumed longer
     kept = {k: v for k, v in dataclasses.asdict(settings).items() if k != "steps"}
@@ -215,7 +215,7 @@ def _fingerprint(pipe, settings: TrainSettings, paths: list[Path], captions: lis
                               pipe.record.get("scheduler"), kept, captions], sort_keys=True, default=str).encode())
     for path in paths:
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    digest.update(pixels.tobytes())  # the images as trained on, already read
     return digest.hexdigest()
 
 
@@ -251,7 +251,7 @@ def _load_state(folder: Path, unet, optimizer, fingerprint: str) -> int:
     return int(meta["step"])
 
 
-def save_lora(path: Path, unet, paths: list[str], info: dict) -> None:
+def save_lora(path: Path, unet, info: dict) -> None:
     """The LoRA in diffusers/PEFT form (float32), with what made it in the metadata."""
     metadata = {"format": "pt", "musicviz-train": json.dumps(info, sort_keys=True)}
     with atomic_output(path) as tmp:
@@ -309,7 +309,7 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
         mx.eval(latents, embeds)
         layers = add_lora(pipe.unet, rank, seed)
         fresh = tree_flatten(pipe.unet.trainable_parameters())  # the LoRA before any step
-        fingerprint = _fingerprint(pipe, settings, paths, texts)
+        fingerprint = _fingerprint(pipe, settings, paths, pixels, texts)
         optimizer = optim.AdamW(learning_rate=learning_rate, weight_decay=settings.weight_decay)
         optimizer.init(pipe.unet.trainable_parameters())
         folder = checkpoint_folder(output)
@@ -352,7 +352,7 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
             raise
     info = {"model": str(pipe.record.get("source")), "images": len(paths), **dataclasses.asdict(settings),
             "layers": len(layers)}
-    save_lora(output, pipe.unet, layers, info)
+    save_lora(output, pipe.unet, info)
     if folder.exists():
         import shutil
 
