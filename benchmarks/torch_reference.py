@@ -55,7 +55,7 @@ class TorchReference:
 
         if not name.startswith("random:"):
             raise MusicvizError("the PyTorch reference builds random:NAME architectures; give --model random:NAME")
-        configs, pad = random_configs(name[len("random:"):])
+        configs, pads = random_configs(name[len("random:"):])
         tiny = configs["vae"]["_class_name"] == "AutoencoderTiny"  # SDXS; else the model's vae/ is its KL VAE
         vae = ("tiny" if tiny else "large") if vae == "auto" else vae
         if vae == "large" and tiny and "vae_large" not in configs:
@@ -63,7 +63,7 @@ class TorchReference:
         if vae == "tiny" and not tiny:
             raise MusicvizError(f"{name} has no tiny VAE")
         self._tmp = Path(tempfile.mkdtemp(prefix="musicviz-bench-"))
-        job = {"configs": configs, "pad": pad, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
+        job = {"configs": configs, "pads": pads, "vocabulary": str(BUNDLED_VOCABULARY), "folder": str(self._tmp / "diffusers"),
                "size": size, "seed": seed, "vae": vae, "device": device, "tf32": tf32}
         (self._tmp / "job.json").write_text(json.dumps(job))
         # The child must not load the optimized BLAS (it would not import mlx_musicviz anyway; belt and braces).
@@ -241,7 +241,7 @@ def _child(job_path: Path) -> None:
     os.dup2(2, 1)
     import torch
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     job = json.loads(job_path.read_text())
     configs, folder = job["configs"], Path(job["folder"])
@@ -249,24 +249,30 @@ def _child(job_path: Path) -> None:
     device_name = _use_device(torch, device, tf32)
     torch.manual_seed(job["seed"])
     unet = UNet2DConditionModel.from_config(_clean(configs["unet"])).eval()
-    te_config = _clean(configs["text_encoder"])
-    te_config.pop("vocab_size", None)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**te_config)).eval()
+    encoders = {}  # component -> model: SDXL has a second text encoder, with a projection
+    for part, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        if part in configs:
+            te_config = _clean(configs[part])
+            te_config.pop("vocab_size", None)
+            encoders[part] = cls(CLIPTextConfig(**te_config)).eval()
     vae_class = AutoencoderTiny if configs["vae"]["_class_name"] == "AutoencoderTiny" else AutoencoderKL
     vae = vae_class.from_config(_clean(configs["vae"])).eval()
 
     unet.save_pretrained(folder / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    for part, encoder in encoders.items():
+        encoder.save_pretrained(folder / part, safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     if job["vae"] == "large" and vae_class is AutoencoderTiny:  # the VAE that "vae" and "frame" time
         vae = AutoencoderKL.from_config(_clean(configs["vae_large"])).eval()
         vae.save_pretrained(folder / "vae_large", safe_serialization=True)
     scale = vae.config.scaling_factor  # decode as the pipeline does: latents / scaling factor
-    unet, text_encoder, vae = unet.to(device), text_encoder.to(device), vae.to(device)  # saved first, from the CPU
-    (folder / "tokenizer").mkdir(parents=True)
-    for f in ("vocab.json", "merges.txt"):
-        shutil.copy(Path(job["vocabulary"]) / f, folder / "tokenizer" / f)
-    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps({"pad_token": job["pad"]}))
+    unet, vae = unet.to(device), vae.to(device)  # saved first, from the CPU
+    encoders = {part: encoder.to(device) for part, encoder in encoders.items()}
+    for tokenizer, pad in job["pads"].items():
+        (folder / tokenizer).mkdir(parents=True)
+        for f in ("vocab.json", "merges.txt"):
+            shutil.copy(Path(job["vocabulary"]) / f, folder / tokenizer / f)
+        (folder / tokenizer / "special_tokens_map.json").write_text(json.dumps({"pad_token": pad}))
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
 
@@ -275,18 +281,29 @@ def _child(job_path: Path) -> None:
     t = torch.tensor([999], device=device)
     inputs = {}  # batch -> (latents, prompt ids, embeddings, UNet output)
 
+    def encode(ids):
+        """The UNet's conditioning, as the diffusers pipelines make it: (embeddings, UNet keywords)."""
+        if "text_encoder_2" not in encoders:
+            return encoders["text_encoder"](ids).last_hidden_state, {}
+        first = encoders["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]
+        second = encoders["text_encoder_2"](ids, output_hidden_states=True)
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=device)
+        added = {"text_embeds": second.text_embeds, "time_ids": time_ids.expand(ids.shape[0], -1)}
+        return torch.cat([first, second.hidden_states[-2]], dim=-1), {"added_cond_kwargs": added}
+
     def batch_inputs(batch: int):
         if batch not in inputs:
             ids = torch.randint(0, 49407, (1, PROMPT_TOKENS), generator=g).expand(batch, -1).to(device)
             latents = torch.randn(batch, unet.config.in_channels, size // 8, size // 8, generator=g).to(device)
-            embs = text_encoder(ids[:1]).last_hidden_state.expand(batch, -1, -1)
-            inputs[batch] = (latents, ids, embs, unet(latents, t, embs).sample)
+            cond = encode(ids)
+            inputs[batch] = (latents, ids, cond, unet(latents, t, cond[0], **cond[1]).sample)
         return inputs[batch]
 
-    calls = {"text_encoder": lambda latents, ids, embs, noise: text_encoder(ids).last_hidden_state,
-             "unet": lambda latents, ids, embs, noise: unet(latents, t, embs).sample,
-             "vae": lambda latents, ids, embs, noise: vae.decode(noise / scale).sample,
-             "frame": lambda latents, ids, embs, noise: vae.decode(unet(latents, t, embs).sample / scale).sample}
+    calls = {"text_encoder": lambda latents, ids, cond, noise: encode(ids),
+             "unet": lambda latents, ids, cond, noise: unet(latents, t, cond[0], **cond[1]).sample,
+             "vae": lambda latents, ids, cond, noise: vae.decode(noise / scale).sample,
+             "frame": lambda latents, ids, cond, noise: vae.decode(unet(latents, t, cond[0], **cond[1]).sample
+                                                                   / scale).sample}
     calls = {name: _synced(call, torch, device) for name, call in calls.items()}
     with torch.no_grad():
         timing = _load_timing()

@@ -7,7 +7,7 @@ A folder holds:
     <component>/config.json       the source config (+ `_class_name`)
     <component>/model.safetensors MLX layout (NHWC kernels), metadata: format, component, dtype,
                                   quantization (the same JSON as the record's)
-    tokenizer/, scheduler/        as in the source
+    tokenizer/, scheduler/        as in the source (and SDXL's tokenizer_2/)
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ FORMAT_VERSION = 2  # 2: quantized components
 RECORD_NAME = "musicviz.json"
 WEIGHTS_NAME = "model.safetensors"
 ENCODER_NAME = "encoder.safetensors"  # beside a KL VAE's weights: its encoder, read only to train LoRAs
-# Pipeline components: the three the one-step pipeline needs, and the optional large VAE.
-COMPONENTS = ("text_encoder", "unet", "vae", "vae_large")
+# Pipeline components: the three the one-step pipeline needs, SDXL's second text encoder, and the
+# optional large VAE.
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae", "vae_large")
 REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 

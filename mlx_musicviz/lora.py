@@ -7,7 +7,8 @@ Two file formats, both safetensors:
   `alpha_pattern`, `use_rslora`), else alpha = rank. Older files name them `.lora.down.weight` and
   `.lora.up.weight`.
 - kohya / A1111: `lora_unet_<module with _ for .>.lora_down.weight`, `.lora_up.weight` and `.alpha`;
-  `lora_te_` (or `lora_te1_`) for the text encoder.
+  `lora_te_` (or `lora_te1_`) for the text encoder, `lora_te2_` for SDXL's second one
+  (`text_encoder_2.` in diffusers files).
 Linear and convolution layers (LoCon) both fuse. Module names are diffusers', as the models here use.
 """
 
@@ -25,15 +26,16 @@ import numpy as np
 
 from .errors import MusicvizError
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 MAX_SCALE = 100.0  # |scale|: LoRAs are used at about 0 to 2; far beyond, the weights overflow into black frames
 # key suffix -> what it holds
 _SUFFIXES = ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora_down.weight", "down"),
              (".lora_up.weight", "up"), (".lora.down.weight", "down"), (".lora.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
              (".lora_linear_layer.up.weight", "up"), (".alpha", "alpha"))
 # key prefix -> (component, whether module names use _ for .)
-_PREFIXES = (("unet.", "unet", False), ("text_encoder.", "text_encoder", False), ("lora_unet_", "unet", True),
-             ("lora_te1_", "text_encoder", True), ("lora_te_", "text_encoder", True))
+_PREFIXES = (("unet.", "unet", False), ("text_encoder.", "text_encoder", False),
+             ("text_encoder_2.", "text_encoder_2", False), ("lora_unet_", "unet", True),
+             ("lora_te1_", "text_encoder", True), ("lora_te2_", "text_encoder_2", True), ("lora_te_", "text_encoder", True))
 
 
 @dataclass

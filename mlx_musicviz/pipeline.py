@@ -1,5 +1,5 @@
-"""The one-step pipeline in MLX (SDXS, SD-Turbo, SD1.5 with a one-step LoRA): tokenizer -> text encoder ->
-UNet (one timestep) -> scheduler step -> VAE decode.
+"""The one-step pipeline in MLX (SDXS, SD-Turbo, SDXL-Turbo, SD1.5 with a one-step LoRA): tokenizer -> text
+encoder(s) -> UNet (one timestep) -> scheduler step -> VAE decode.
 
 `Pipeline.from_folder` reads an MLX checkpoint folder (`checkpoint_format`); `loading.load_pipeline`
 also takes diffusers folders and hub ids, converted once into the cache.
@@ -26,12 +26,14 @@ VAE_CHOICES = ("auto", "tiny", "large")
 class Pipeline:
     """One-step text-to-image with diffusers' component names.
 
-    Latents are NHWC (N, H/8, W/8, C). Images are uint8 NHWC (N, H, W, 3).
+    Latents are NHWC (N, H/8, W/8, C). Images are uint8 NHWC (N, H, W, 3). SDXL models have a second
+    tokenizer and text encoder (`tokenizer_2`, `text_encoder_2`); elsewhere they are None.
     """
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: OneStepScheduler, folder: Path | None = None,
-                 dtype=mx.float32, record: dict | None = None):
+                 dtype=mx.float32, record: dict | None = None, tokenizer_2=None, text_encoder_2=None):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
         self.scheduler = scheduler
         self.folder = Path(folder) if folder is not None else None
         self.dtype = dtype
@@ -47,8 +49,12 @@ class Pipeline:
         sched = folder / "scheduler" / "scheduler_config.json"
         scheduler = OneStepScheduler.from_config(SchedulerConfig.from_json(sched) if sched.exists() else SchedulerConfig())
         load = lambda name: _load_component(folder, name, dtype)  # noqa: E731
+        second = {}
+        if (folder / "text_encoder_2").is_dir():
+            second = {"tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+                      "text_encoder_2": load("text_encoder_2")}
         return cls(CLIPTokenizer.from_pretrained(folder / "tokenizer"), load("text_encoder"), load("unet"),
-                   load("vae"), scheduler, folder, dtype, read_record(folder))
+                   load("vae"), scheduler, folder, dtype, read_record(folder), **second)
 
     @classmethod
     def random(cls, name: str, seed: int = 0, dtype=mx.float32, bits: int | None = None, group_size: int = 64,
@@ -57,19 +63,24 @@ class Pipeline:
         the text encoder and UNet are quantized in memory, as `convert --bits` would store them."""
         from .random_models import random_configs
 
-        configs, pad = random_configs(name)
+        configs, pads = random_configs(name)
         mx.random.seed(seed)
 
         def build(part: str):
             module = build_model(configs[part])
-            module.set_dtype(dtype)
+            module.set_dtype(_component_dtype(configs[part], dtype))
             return module.eval()
 
         modules = {part: build(part) for part in ("text_encoder", "unet", "vae")}
-        tokenizer = CLIPTokenizer.from_pretrained().with_pad_token(pad)
+        second = {}
+        if "text_encoder_2" in configs:  # its own seed: the other components are those of before it existed
+            mx.random.seed(seed + 2)
+            second = {"tokenizer_2": CLIPTokenizer.from_pretrained().with_pad_token(pads["tokenizer_2"]),
+                      "text_encoder_2": build("text_encoder_2")}
+        tokenizer = CLIPTokenizer.from_pretrained().with_pad_token(pads["tokenizer"])
         scheduler = OneStepScheduler.from_config(SchedulerConfig.from_dict(configs["scheduler"]))
         pipe = cls(tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], scheduler, None, dtype,
-                   {"source": f"random:{name}"})
+                   {"source": f"random:{name}"}, **second)
         if "vae_large" in configs:
 
             def build_vae_large():  # when first used; a seed of its own gives the same weights whenever that is
@@ -80,9 +91,10 @@ class Pipeline:
         return pipe.quantize(bits, group_size, mixed) if bits else pipe
 
     def quantize(self, bits: int, group_size: int = 64, mixed: bool = False,
-                 components: tuple[str, ...] = ("text_encoder", "unet")) -> "Pipeline":
-        """Quantize float components in memory, exactly as `convert --bits` stores them (weights
-        cast to float16, then quantized); returns self."""
+                 components: tuple[str, ...] | None = None) -> "Pipeline":
+        """Quantize float components in memory (default: the text encoders and the UNet), exactly as
+        `convert --bits` stores them (weights cast to float16, then quantized); returns self."""
+        components = self.text_encoders() + ("unet",) if components is None else components
         quantization = dict(self.record.get("quantization", {}))
         for name in components:
             if name in quantization:
@@ -120,12 +132,12 @@ class Pipeline:
 
     def fuse_lora(self, path, scale: float = 1.0) -> "Pipeline":
         """Fuse the LoRA file `path` (diffusers/PEFT or kohya safetensors), `scale` times, into the
-        UNet's and text encoder's float weights; the record lists it. Returns self."""
+        UNet's and text encoders' float weights; the record lists it. Returns self."""
         from mlx.utils import tree_flatten, tree_unflatten
 
         from .lora import fuse_lora
 
-        modules = {"unet": self.unet, "text_encoder": self.text_encoder}
+        modules = {name: getattr(self, name) for name in ("unet", *self.text_encoders())}
         fused, done = fuse_lora({name: dict(tree_flatten(m.parameters())) for name, m in modules.items()}, path, scale)
         for name, weights in fused.items():
             modules[name].update(tree_unflatten(list(weights.items())))
@@ -133,6 +145,10 @@ class Pipeline:
         self.record = {**self.record, "loras": [*self.record.get("loras", []), done]}
         self._embed_timestep()
         return self
+
+    def text_encoders(self) -> tuple[str, ...]:
+        """The text encoder components: ("text_encoder",), or with SDXL's second one."""
+        return ("text_encoder",) + (("text_encoder_2",) if self.text_encoder_2 is not None else ())
 
     @property
     def vae_large(self):
@@ -158,7 +174,7 @@ class Pipeline:
 
     def weight_bytes(self) -> dict[str, int]:
         """Resident bytes of each component's weights (the large VAE's once it is loaded)."""
-        loaded = ("text_encoder", "unet", "vae") + (("vae_large",) if self._vae_large is not None else ())
+        loaded = (*self.text_encoders(), "unet", "vae") + (("vae_large",) if self._vae_large is not None else ())
         return {name: weight_bytes(getattr(self, name)) for name in loaded}
 
     @property
@@ -183,12 +199,31 @@ class Pipeline:
         return mx.array(self.tokenizer(list(prompts)), dtype=mx.int32)
 
     def encode_prompt(self, prompts: str | list[str]) -> mx.array:
-        """Text embeddings (N, 77, D): the text encoder's last hidden state."""
+        """Text embeddings (N, 77, D): the text encoder's last hidden state.
+
+        SDXL: (N, 78, D), as diffusers' `prompt_embeds` and `pooled_prompt_embeds` in one array (see
+        `split_prompt_embeds`): 77 rows of both encoders' penultimate hidden states side by side (D = 768
+        + 1280), then the second encoder's pooled projection (P = 1280) zero-padded to D. The walkers mix
+        embeddings row by row, so the pooled embedding walks with the tokens."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not len(prompts):
             raise MusicvizError("no prompts to encode")
-        return self.text_encoder(self.tokenize(prompts)).last_hidden_state
+        if self.text_encoder_2 is None:
+            return self.text_encoder(self.tokenize(prompts)).last_hidden_state
+        first = self.text_encoder(self.tokenize(prompts)).penultimate_hidden_state
+        second = self.text_encoder_2(mx.array(self.tokenizer_2(list(prompts)), dtype=mx.int32))
+        tokens = mx.concatenate([first, second.penultimate_hidden_state.astype(first.dtype)], axis=-1)
+        pooled = second.text_embeds.astype(first.dtype)
+        row = mx.pad(pooled, [(0, 0), (0, tokens.shape[-1] - pooled.shape[-1])])[:, None]
+        return mx.concatenate([tokens, row], axis=1)
+
+    def split_prompt_embeds(self, prompt_embeds: mx.array) -> tuple[mx.array, mx.array | None]:
+        """(prompt_embeds, pooled_prompt_embeds) as diffusers names them: SDXL's (N, 77, D) and (N, P)
+        from `encode_prompt`'s (N, 78, D); other models' embeddings and None."""
+        if self.text_encoder_2 is None:
+            return prompt_embeds, None
+        return prompt_embeds[:, :-1], prompt_embeds[:, -1, : self.text_encoder_2.config.projection_dim]
 
     def check_inputs(self, latents: mx.array, prompt_embeds: mx.array) -> None:
         """MusicvizError unless `latents` are (N, h, w, C) latents this UNet takes (h and w multiples
@@ -202,7 +237,8 @@ class Pipeline:
         if latents.ndim != 4 or latents.shape[3] != c or latents.shape[1] % s or latents.shape[2] % s or not latents.size:
             raise MusicvizError(f"latents must be (N, h, w, {c}) with h and w multiples of {s} "
                                 f"(images of multiples of {s * self.vae_scale_factor} pixels), got {tuple(latents.shape)}")
-        if prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != d or prompt_embeds.shape[0] not in (1, latents.shape[0]):
+        if (prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != d or prompt_embeds.shape[0] not in (1, latents.shape[0])
+                or prompt_embeds.shape[1] < 2):
             raise MusicvizError(f"prompt_embeds must be (N or 1, tokens, {d}) for {latents.shape[0]} latents "
                                 f"(encode_prompt's output), got {tuple(prompt_embeds.shape)}")
 
@@ -215,8 +251,16 @@ class Pipeline:
         return self._denoise(latents, prompt_embeds)
 
     def predict_noise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        """The UNet's noise prediction at the one timestep (its embedding computed once), in the compute dtype."""
-        return self.unet(latents.astype(self.dtype), None, prompt_embeds.astype(self.dtype), temb=self._temb)
+        """The UNet's noise prediction at the one timestep (its embedding computed once), in the compute
+        dtype. SDXL's added conditioning: the pooled embedding and time ids of the image size, uncropped
+        (as diffusers' defaults: original and target size the output's)."""
+        context, pooled = self.split_prompt_embeds(prompt_embeds)
+        added = None
+        if pooled is not None:
+            h, w = latents.shape[1] * self.vae_scale_factor, latents.shape[2] * self.vae_scale_factor
+            added = (pooled, mx.broadcast_to(mx.array([[h, w, 0, 0, h, w]], dtype=mx.float32), (latents.shape[0], 6)))
+        return self.unet(latents.astype(self.dtype), None, context.astype(self.dtype), temb=self._temb,
+                         added_cond=added)
 
     def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         sample = self.scheduler.scale_noise(latents.astype(self.dtype))
@@ -292,6 +336,7 @@ def _load_component(folder: Path, name: str, dtype):
     if not path.is_dir():
         raise MusicvizError(f"model {folder} is incomplete: no {name}/ folder")
     config = read_json(path / "config.json")
+    dtype = _component_dtype(config, dtype)
     module = build_model(config, str(path / "config.json"))
     plan = component_plan(read_record(folder), name, str(folder))
     weights, metadata = load_safetensors(path / WEIGHTS_NAME)
@@ -300,6 +345,12 @@ def _load_component(folder: Path, name: str, dtype):
         apply_plan(module, plan, quantize_weights=False)
         set_compute(module, "auto", dtype)
     return load_into(module, weights, str(path / WEIGHTS_NAME), dtype)
+
+
+def _component_dtype(config: dict, dtype):
+    """The dtype a component computes in: `dtype`, but float32 for a VAE whose config asks for it
+    (`force_upcast`: SDXL's VAE overflows in float16)."""
+    return mx.float32 if config.get("force_upcast") else dtype
 
 
 def to_uint8(images: mx.array) -> mx.array:

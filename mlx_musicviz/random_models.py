@@ -2,7 +2,8 @@
 
 `random:sdxs-512-0.9` and `random:sdxs-512-dreamshaper` use the reconstructed configs shipped in
 `data/configs/` (their `vae_large.json`, the large VAE, is SD's VAE layout: the reconstructed
-configs have none); `random:tiny` is sdxs-512-0.9's layout at small widths (fast on any CPU).
+configs have none); `random:sd-turbo` and `random:sdxl-turbo` are those models' layouts. `random:tiny`
+is sdxs-512-0.9's layout at small widths and `random:tiny-sdxl` SDXL-Turbo's (both fast on any CPU).
 """
 
 from __future__ import annotations
@@ -25,22 +26,41 @@ TINY = {
                   "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
                   "layers_per_block": 1, "norm_num_groups": 32},
 }
+TINY_SDXL = {
+    "unet": {"_class_name": "UNet2DConditionModel", "block_out_channels": [32, 64, 64],
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 2,
+             "attention_head_dim": [1, 2, 4], "transformer_layers_per_block": [1, 1, 2], "use_linear_projection": True,
+             "cross_attention_dim": 128, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 32 + 6 * 8},
+    "text_encoder": {**TINY["text_encoder"], "hidden_act": "quick_gelu"},
+    "text_encoder_2": {**TINY["text_encoder"], "_class_name": "CLIPTextModelWithProjection", "projection_dim": 32},
+    "vae": {**TINY["vae_large"], "block_out_channels": [32, 32, 32, 32], "scaling_factor": 0.13025,
+            "force_upcast": True},
+}
+SMALL = {"tiny": (TINY, "sdxs-512-0.9", {"tokenizer": "!"}),
+         "tiny-sdxl": (TINY_SDXL, "sdxl-turbo", {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"})}
 
 
 def names() -> list[str]:
-    return ["tiny"] + sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
+    return sorted(SMALL) + sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
 
 
-def random_configs(name: str) -> tuple[dict, str]:
-    """({component: config}, pad token) for a random model name; "vae_large" where it has one."""
-    if name == "tiny":
-        scheduler = json.loads((CONFIGS / "sdxs-512-0.9" / "scheduler.json").read_text())
-        return {**TINY, "scheduler": scheduler}, "!"
+def random_configs(name: str) -> tuple[dict, dict[str, str]]:
+    """({component: config}, {tokenizer: pad token}) for a random model name; "vae_large" where it has
+    one, "text_encoder_2" and "tokenizer_2" for SDXL."""
+    if name in SMALL:
+        configs, model, pads = SMALL[name]
+        scheduler = json.loads((CONFIGS / model / "scheduler.json").read_text())
+        return {**configs, "scheduler": scheduler}, pads
     folder = CONFIGS / name
     if not folder.is_dir():
         raise MusicvizError(f"unknown random model {name!r}; choose one of: {', '.join(names())}")
     configs = {part: json.loads((folder / f"{part}.json").read_text())
-               for part in ("unet", "text_encoder", "vae", "vae_large", "scheduler") if (folder / f"{part}.json").exists()}
+               for part in ("unet", "text_encoder", "text_encoder_2", "vae", "vae_large", "scheduler")
+               if (folder / f"{part}.json").exists()}
     configs["text_encoder"].setdefault("_class_name", "CLIPTextModel")
-    pad = json.loads((folder / "special_tokens_map.json").read_text())["pad_token"]
-    return configs, pad
+    pads = {"tokenizer": json.loads((folder / "special_tokens_map.json").read_text())["pad_token"]}
+    if (folder / "special_tokens_map_2.json").exists():
+        pads["tokenizer_2"] = json.loads((folder / "special_tokens_map_2.json").read_text())["pad_token"]
+    return configs, pads

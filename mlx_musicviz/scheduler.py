@@ -8,6 +8,7 @@ Euler (SD-Turbo) starts from the noise times init_noise_sigma (σ itself for tra
 spacing, else sqrt(σ² + 1)) and gives the UNet that sample over sqrt(σ² + 1): the UNet sees the unit
 noise times `noise_scale` (sqrt(1 - ᾱ_t) for trailing spacing). Its step to σ = 0 is the DDIM formula
 on that scaled noise with ᾱ_prev = 1 (x0 = σ (z - ε) for ε-prediction), so one formula serves all three.
+Euler ancestral (SDXL-Turbo) adds noise of σ_up = 0 on a step to σ = 0: its one step is Euler's.
 LCM and TCD (the schedulers of LCM-LoRA and Hyper-SD) take their one step at the last timestep of their
 original 50-step grid (999), or where asked (Hyper-SD's 1-step LoRA: 800). LCM returns its boundary-
 condition output c_skip z + c_out x0 (ᾱ_prev = 1); TCD's last step lands on ᾱ_0, as DDIM's does.
@@ -39,7 +40,8 @@ def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
 
 
 # The schedulers whose single step is the DDIM formula below, and the short names that choose them.
-SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+              "LCMScheduler", "TCDScheduler")
 NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler",
          "tcd": "TCDScheduler"}
 
@@ -91,7 +93,7 @@ class OneStepScheduler:
             raise MusicvizError(f"scheduler: {config.class_name} is not supported (one of {', '.join(SCHEDULERS)})")
         if config.use_karras_sigmas:
             raise MusicvizError("scheduler: use_karras_sigmas is not supported")
-        if config.class_name == "EulerDiscreteScheduler":
+        if config.class_name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
             sigma = ((1 - ac[t]) / ac[t]) ** 0.5
             init = sigma if spacing in ("trailing", "linspace") else (sigma**2 + 1) ** 0.5
             return cls(int(t), float(ac[t]), 1.0, config.prediction_type, float(init / (sigma**2 + 1) ** 0.5),

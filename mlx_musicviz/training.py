@@ -301,6 +301,8 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
         warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
     if pipe.quantization:
         raise MusicvizError("a quantized model cannot be trained: use its float checkpoint")
+    if pipe.text_encoder_2 is not None:
+        raise MusicvizError("train-lora does not train SDXL models yet: use an SDXS, SD-Turbo or SD1.5 model")
     with differentiable():  # mlx's own operations throughout: the CPU fast paths have no gradients
         latents = mx.concatenate([pipe.encode_images(mx.array(pixels[i:i + 4])) for i in range(0, len(pixels), 4)])
         unique = sorted(set(texts))

@@ -59,6 +59,22 @@ SMALL_UNETS = {
         attention_head_dim=8,
         cross_attention_dim=48,
     ),
+    # SDXL: no attention at the first level, transformer depth per level, a mid block, linear projections,
+    # the text_time added conditioning (pooled width 32 + 6 time ids of 8); context = 48 + 64 wide,
+    # both SMALL_TEXT_ENCODERS side by side.
+    "sdxl": dict(
+        block_out_channels=[32, 64, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        layers_per_block=2,
+        attention_head_dim=[1, 2, 4],
+        transformer_layers_per_block=[1, 1, 2],
+        use_linear_projection=True,
+        cross_attention_dim=112,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+    ),
 }
 
 SMALL_TEXT_ENCODERS = {
@@ -88,13 +104,15 @@ def build_unet(config: dict, seed: int = 0):
     return model
 
 
-def build_text_encoder(config: dict, seed: int = 0):
+def build_text_encoder(config: dict, seed: int = 0, projection: bool = False):
+    """transformers' CLIPTextModel, or with `projection` CLIPTextModelWithProjection (SDXL's second)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    import transformers
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config)
-    return CLIPTextModel(cfg).eval()
+    cfg = transformers.CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **config)
+    cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    return cls(cfg).eval()
 
 
 def build_tiny_vae(config: dict | None = None, seed: int = 0):
@@ -144,6 +162,31 @@ def save_diffusers_checkpoint(folder: Path, unet, text_encoder, vae, pad_token: 
     if vae_large is not None:
         vae_large.save_pretrained(Path(folder) / "vae_large", safe_serialization=True)
     return Path(folder)
+
+
+def small_sdxl_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A small SDXL-Turbo-style checkpoint (the "sdxl" UNet; OpenAI CLIP and OpenCLIP with a projection
+    as its two text encoders; a 4-level KL VAE, 8x as SDXL's, with its scaling factor and force_upcast;
+    SDXL-Turbo's Euler ancestral scheduler) saved by diffusers' StableDiffusionXLPipeline, and its MLX
+    conversion: (diffusers, mlx)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
+
+    from mlx_musicviz.convert import convert_checkpoint
+
+    vae = build_kl_vae(dict(block_out_channels=[32, 32, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=32,
+                            scaling_factor=0.13025, force_upcast=True), seed=seed + 3)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=build_text_encoder(SMALL_TEXT_ENCODERS["openai"], seed=seed + 1),
+        text_encoder_2=build_text_encoder({**SMALL_TEXT_ENCODERS["openclip"], "projection_dim": 32}, seed=seed + 2,
+                                          projection=True),
+        tokenizer=build_tokenizer("<|endoftext|>"), tokenizer_2=build_tokenizer("!"),
+        unet=build_unet(SMALL_UNETS["sdxl"], seed=seed),
+        scheduler=EulerAncestralDiscreteScheduler.from_config(read_reference_config("sdxl-turbo", "scheduler")),
+    )
+    src = Path(folder) / "diffusers"
+    pipe.save_pretrained(src, safe_serialization=True)
+    return src, convert_checkpoint(src, Path(folder) / "mlx")
 
 
 def rel_l2(a, b) -> float:

@@ -358,6 +358,25 @@ def test_bench_with_the_large_vae_times_it_on_both_sides():
     assert "large VAE" in markdown(result) and "VAE AutoencoderKL" in markdown(result)
 
 
+def test_bench_times_sdxl_on_both_sides():
+    """SDXL's layout (random:tiny-sdxl): both text encoders and the UNet's added conditioning on both
+    sides, on the same weights (the PyTorch child saves the checkpoint that MLX converts)."""
+    from mlx_musicviz.benchmark import BenchConfig, run_benchmark
+    from mlx_musicviz.commands.bench import _torch_reference
+
+    config = BenchConfig(model="random:tiny-sdxl", size=64, levels=("float32",), batches=(1,), runs=1,
+                         render_seconds=0, layers=False)
+    reference = _torch_reference(config)
+    try:
+        assert (reference.source / "text_encoder_2").is_dir() and (reference.source / "tokenizer_2").is_dir()
+        result = run_benchmark(config, reference=reference, log=lambda line: None)
+    finally:
+        reference.close()
+    ratios = result.reference[0]["mlx_over_pytorch"]
+    assert all(ratios[part] > 0 for part in ("text_encoder", "unet", "vae", "frame")), ratios
+    assert set(result.rows[0]["weight_bytes"]) >= {"text_encoder", "text_encoder_2", "unet", "vae"}
+
+
 def test_markdown_names_the_gpu_tf32_and_the_half_precision_peaks():
     """A GPU run's table says which GPU, whether TF32 was on on both sides, and the peaks that the
     half-precision levels' % peak is taken against (a CPU run's names its BLAS instead)."""

@@ -122,3 +122,16 @@ def test_convert_random_tiny_writes_a_checkpoint_with_its_weights_and_plain_mode
         assert os.stat(folder).st_mode & 0o777 == 0o775, folder
         for name in files:
             assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o664, name
+
+
+def test_convert_random_tiny_sdxl_keeps_both_text_encoders(tmp_path):
+    """SDXL's layout at small widths: the second tokenizer and text encoder (with its projection) are
+    written and read back, and the frames are the random model's."""
+    result = run_cli("convert", "random:tiny-sdxl", tmp_path / "xl")
+    assert result.exit_code == 0, result.output
+    assert {"text_encoder_2", "tokenizer_2"} <= {p.name for p in (tmp_path / "xl").iterdir()}
+    loaded, random = load_pipeline(tmp_path / "xl"), load_pipeline("random:tiny-sdxl")
+    assert loaded.tokenizer_2.pad_token == random.tokenizer_2.pad_token == "!" != loaded.tokenizer.pad_token
+    latents = mx.random.normal(random.latent_shape(64, 128), key=mx.random.key(3))
+    expected = np.array(random.text_to_image("a red fox", latents))
+    assert np.array_equal(np.array(loaded.text_to_image("a red fox", latents)), expected) and expected.std() > 1

@@ -218,3 +218,68 @@ def test_bad_shapes_and_dtypes_are_named_before_the_model_runs():
         pipe.encode_prompt([])
     with pytest.raises(MusicvizError, match="dtype must be"):
         load_pipeline("random:tiny", dtype=mx.int32)
+
+
+def sdxl_images(folder, latents_nhwc, prompt, output_type="np"):
+    """diffusers' StableDiffusionXLPipeline(num_inference_steps=1, guidance_scale=0): uint8 NHWC images,
+    or with output_type="latent" the denoised latents (NHWC)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,
+                   height=latents_nhwc.shape[1] * 8, width=latents_nhwc.shape[2] * 8, guidance_scale=0.0,
+                   output_type=output_type).images
+    if output_type == "latent":
+        return out.numpy().transpose(0, 2, 3, 1)
+    return (out * 255).round().astype(np.uint8)
+
+
+def test_small_sdxl_pipeline_matches_diffusers(tmp_path):
+    """SDXL-Turbo's family at small widths: both text encoders (penultimate hidden states side by side, the
+    pooled projection), the UNet's text_time conditioning (time ids of the image size), Euler ancestral's
+    one step, the KL VAE; embeddings, denoised latents and images against diffusers."""
+    from diffusers import StableDiffusionXLPipeline
+    from reference import small_sdxl_checkpoint
+
+    from mlx_musicviz.walkers import PromptWalkConfig, mix_embeddings
+
+    src, converted = small_sdxl_checkpoint(tmp_path, seed=7)
+    pipe = load_pipeline(converted)
+    assert (pipe.scheduler.timestep, pipe.scheduler.alpha_prev, pipe.vae_name()) == (999, 1.0, "large")
+    ref = StableDiffusionXLPipeline.from_pretrained(src)
+    with torch.no_grad():
+        tokens, _, pooled, _ = ref.encode_prompt([PROMPT, "!!"], device="cpu", num_images_per_prompt=1,
+                                                 do_classifier_free_guidance=False)
+    embeds = pipe.encode_prompt([PROMPT, "!!"])
+    got_tokens, got_pooled = pipe.split_prompt_embeds(embeds)
+    assert embeds.shape == (2, 78, 112) and got_pooled.shape == (2, 32)
+    assert rel_l2(np.array(got_tokens), tokens.numpy()) <= 1e-4 and rel_l2(np.array(got_pooled), pooled.numpy()) <= 1e-4
+    # The prompt walk mixes rows: the pooled row's padding stays zero, so its mix is the pooled one's.
+    walked = mix_embeddings(embeds[:1], mx.concatenate([embeds[1:]] * 12), np.full((1, 12), 0.05), PromptWalkConfig())
+    assert float(mx.abs(walked[:, -1, 32:]).max()) == 0.0
+
+    latents = np.random.default_rng(5).standard_normal((2, 16, 24, 4)).astype(np.float32)
+    expected = sdxl_images(src, latents, PROMPT, output_type="latent")
+    embeds = pipe.encode_prompt(PROMPT)
+    err = rel_l2(np.array(pipe.denoise(mx.array(latents), embeds)), expected)
+    no_pooled = mx.concatenate([embeds[:, :-1], mx.zeros_like(embeds[:, -1:])], axis=1)
+    off = rel_l2(np.array(pipe.denoise(mx.array(latents), no_pooled)), expected)
+    frac = pixels_within(np.array(pipe.text_to_image(PROMPT, mx.array(latents))), sdxl_images(src, latents, PROMPT))
+    print(f"small SDXL pipeline: denoised latents {err:.1e} (without the pooled embedding {off:.1e}); "
+          f"{frac:.4%} of pixels within 1/255")
+    assert err <= 1e-5 and off > 100 * err and frac >= 0.999
+
+
+def test_sdxl_vae_decodes_in_float32(tmp_path):
+    """SDXL's VAE overflows in float16 (its config says force_upcast): it stays float32 in a float16 pipeline."""
+    from reference import small_sdxl_checkpoint
+
+    _, converted = small_sdxl_checkpoint(tmp_path, seed=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float16 on the CPU
+        pipe = load_pipeline(converted, dtype=mx.float16)
+    assert pipe.unet.conv_in.weight.dtype == mx.float16 and pipe.vae.decoder.conv_in.weight.dtype == mx.float32
+    image = pipe.text_to_image(PROMPT, mx.random.normal((1, 8, 8, 4), key=mx.random.key(0)))
+    assert image.dtype == mx.uint8 and image.shape == (1, 64, 64, 3)

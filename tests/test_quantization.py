@@ -179,6 +179,27 @@ def test_mixed_and_per_component_choice(small_checkpoint, tmp_path):
 # -- full size: bytes and error ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_sdxl_quantized_checkpoint_describes_itself_and_reloads_bit_identical(tmp_path, bits):
+    """SDXL: both text encoders and the UNet (convolutions included) are quantized and recorded; its KL
+    VAE stays float; frames from the saved checkpoint equal those of the model quantized in memory."""
+    from reference import small_sdxl_checkpoint
+
+    _, converted = small_sdxl_checkpoint(tmp_path, seed=9)
+    result = cli("convert", str(converted), str(tmp_path / "q"), "--bits", str(bits), "--group-size", "32")
+    assert result.returncode == 0, result.stderr
+    record = read_record(tmp_path / "q")
+    assert set(record["quantization"]) == {"text_encoder", "text_encoder_2", "unet"}
+    assert any(".conv1" in m for m in record["quantization"]["unet"]["modules"])
+    assert all(record["quantization"][part]["modules"] for part in ("text_encoder", "text_encoder_2"))
+    latents = mx.random.normal((1, 8, 16, 4), key=mx.random.key(4))
+    frames = load_pipeline(tmp_path / "q").text_to_image(PROMPT, latents)
+    again = load_pipeline(converted).quantize(bits, 32).text_to_image(PROMPT, latents)
+    assert frames.shape == (1, 64, 128, 3) and mx.array_equal(frames, again).item()
+    float_frames = np.array(load_pipeline(converted).text_to_image(PROMPT, latents), dtype=np.int32)
+    assert 0 < np.abs(np.array(frames, dtype=np.int32) - float_frames).mean() < (3 if bits == 8 else 20)
+
+
 @pytest.mark.slow
 def test_full_size_sdxs09_unet_size_and_error(tmp_path):
     """sdxs-512-0.9's UNet (random weights built by diffusers): bytes on disk and in memory against

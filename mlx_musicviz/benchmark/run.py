@@ -217,7 +217,7 @@ def bench_render(source, config: BenchConfig) -> dict:
         res = render(audio, PROMPT, output=Path(tmp) / "bench.mp4", pipeline=pipe,
                      size=config.size, fps=fps, duration=config.render_seconds, batch_size=batch, vae=config.vae)
     features = analyze(audio, fps=fps, duration=config.render_seconds)
-    embeds = mx.zeros((13, pipe.tokenizer.model_max_length, pipe.text_encoder.hidden_size))
+    embeds = mx.zeros((13, *pipe.encode_prompt(PROMPT).shape[1:]))  # (S + 12 notes, tokens, width)
     noise_walk, prompt_walk = make_walkers(features, pipe, embeds, 1, config.size)
     t = time.perf_counter()
     for start in range(0, features.n_frames, batch):

@@ -16,8 +16,9 @@ from ..cli import LORA_OPTION, friendly_errors, main
 @click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
               help="Weights sharing one scale and bias.")
-@click.option("--quantize", "quantize_components", default="text_encoder,unet,vae_large", show_default=True,
-              help="Comma-separated components to quantize (add vae for the tiny VAE).")
+@click.option("--quantize", "quantize_components", default="text_encoder,text_encoder_2,unet,vae_large",
+              show_default=True, help="Comma-separated components to quantize, those the model has (add vae for "
+              "the tiny VAE).")
 @click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
 @LORA_OPTION
 @friendly_errors

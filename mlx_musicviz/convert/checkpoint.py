@@ -43,9 +43,10 @@ from . import keymaps
 from .hub import resolve_source
 
 # Quantized by default when bits are asked for; the 1.2 M-parameter tiny VAE stays float.
-DEFAULT_QUANTIZED = ("text_encoder", "unet", "vae_large")
+DEFAULT_QUANTIZED = ("text_encoder", "text_encoder_2", "unet", "vae_large")
 KEY_FUNCTIONS = {
     "CLIPTextModel": keymaps.text_encoder_key,
+    "CLIPTextModelWithProjection": keymaps.text_encoder_with_projection_key,
     "UNet2DConditionModel": keymaps.unet_key,
     "AutoencoderTiny": keymaps.tiny_vae_key,
     "AutoencoderKL": keymaps.kl_vae_key,
@@ -228,6 +229,8 @@ def convert_checkpoint(
             if class_name_of(config) == "AutoencoderKL":
                 _write_kl_encoder(folder / name, tmp / name, record_in is not None, cast, name)
         shutil.copytree(folder / "tokenizer", tmp / "tokenizer")
+        if (folder / "tokenizer_2").is_dir() and "text_encoder_2" in wanted:
+            shutil.copytree(folder / "tokenizer_2", tmp / "tokenizer_2")
         if (folder / "scheduler").is_dir():
             shutil.copytree(folder / "scheduler", tmp / "scheduler")
         record = {
@@ -253,11 +256,12 @@ def convert_checkpoint(
 def _fuse_loras(parts: dict, loras) -> list[dict]:
     """Fuse `loras` (as `load_pipeline` takes them) into the weights of `parts` ({name: (config, weights,
     plan)}), in place; returns what the record keeps of them."""
+    from ..lora import COMPONENTS as LORA_COMPONENTS
     from ..lora import fuse_lora, lora_argument
 
     done = []
     for lora in loras:
-        params = {name: weights for name, (_, weights, _) in parts.items() if name in ("unet", "text_encoder")}
+        params = {name: weights for name, (_, weights, _) in parts.items() if name in LORA_COMPONENTS}
         fused, record = fuse_lora(params, *lora_argument(lora))
         for name, changed in fused.items():
             params[name].update(changed)
@@ -296,6 +300,8 @@ def write_random_checkpoint(name: str, folder: Path) -> Path:
         write_json(folder / part / "config.json", configs[part])
         save_safetensors(folder / part / WEIGHTS_NAME, dict(tree_flatten(getattr(pipe, part).parameters())), metadata)
     pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    if pipe.tokenizer_2 is not None:
+        pipe.tokenizer_2.save_pretrained(folder / "tokenizer_2")
     write_json(folder / "scheduler" / "scheduler_config.json", configs["scheduler"])
     write_json(folder / RECORD_NAME, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "library_version": __version__,
                                       "source": f"random:{name}", "revision": None,

@@ -25,6 +25,12 @@ def text_encoder_key(key: str) -> str | None:
     return key if key.startswith("text_model.") else f"text_model.{key}"
 
 
+def text_encoder_with_projection_key(key: str) -> str | None:
+    if key.startswith("text_projection"):
+        return key
+    return text_encoder_key(key)
+
+
 def unet_key(key: str) -> str | None:
     return key
 

@@ -1,4 +1,4 @@
-"""SDXS components in MLX, named as in diffusers / transformers."""
+"""Pipeline components in MLX, named as in diffusers / transformers."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from ..errors import MusicvizError
 from .autoencoder_kl import AutoencoderKL
 from .autoencoder_tiny import AutoencoderTiny
 from .configs import CLIPTextConfig, KLVAEConfig, SchedulerConfig, TinyVAEConfig, UNetConfig
-from .text_encoder import CLIPTextModel
+from .text_encoder import CLIPTextModel, CLIPTextModelWithProjection
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel
 
 # The class names that checkpoints write in their config.json, and the MLX ports.
 MODEL_CLASSES = {
     "CLIPTextModel": (CLIPTextConfig, CLIPTextModel),
+    "CLIPTextModelWithProjection": (CLIPTextConfig, CLIPTextModelWithProjection),
     "UNet2DConditionModel": (UNetConfig, UNet2DConditionModel),
     "AutoencoderTiny": (TinyVAEConfig, AutoencoderTiny),
     "AutoencoderKL": (KLVAEConfig, AutoencoderKL),
@@ -42,6 +43,7 @@ __all__ = [
     "AutoencoderTiny",
     "CLIPTextConfig",
     "CLIPTextModel",
+    "CLIPTextModelWithProjection",
     "CLIPTokenizer",
     "KLVAEConfig",
     "MODEL_CLASSES",

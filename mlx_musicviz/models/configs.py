@@ -101,7 +101,9 @@ class UNetConfig(_Config):
     act_fn: str = "silu"
     time_embedding_type: str = "positional"
     resnet_time_scale_shift: str = "default"
-    addition_embed_type: str | None = None
+    addition_embed_type: str | None = None  # "text_time": SDXL's pooled text + size/crop conditioning
+    addition_time_embed_dim: int | None = None  # SDXL: the sinusoid width of each of the 6 time ids
+    projection_class_embeddings_input_dim: int | None = None  # SDXL: pooled text width + 6 * that width
     class_embed_type: str | None = None
     time_cond_proj_dim: int | None = None
     sample_size: int = 64
@@ -117,13 +119,19 @@ class UNetConfig(_Config):
             "act_fn": (self.act_fn, "silu"),
             "time_embedding_type": (self.time_embedding_type, "positional"),
             "resnet_time_scale_shift": (self.resnet_time_scale_shift, "default"),
-            "addition_embed_type": (self.addition_embed_type, None),
             "class_embed_type": (self.class_embed_type, None),
             "time_cond_proj_dim": (self.time_cond_proj_dim, None),
         }
         for key, (value, wanted) in unsupported.items():
             if value != wanted:
                 raise MusicvizError(f"unet config: {key}={value!r} is not supported (only {wanted!r})")
+        if self.addition_embed_type not in (None, "text_time"):
+            raise MusicvizError(f"unet config: addition_embed_type={self.addition_embed_type!r} is not supported "
+                                "(only None or 'text_time')")
+        if self.addition_embed_type == "text_time" and not (self.addition_time_embed_dim
+                                                             and self.projection_class_embeddings_input_dim):
+            raise MusicvizError("unet config: 'text_time' needs addition_time_embed_dim and "
+                                "projection_class_embeddings_input_dim")
         for t in self.down_block_types:
             if t not in ("CrossAttnDownBlock2D", "DownBlock2D"):
                 raise MusicvizError(f"unet config: down block type {t!r} is not supported")
@@ -184,6 +192,7 @@ class KLVAEConfig(_Config):
     use_quant_conv: bool = True
     mid_block_add_attention: bool = True
     act_fn: str = "silu"
+    force_upcast: bool = False  # SDXL's VAE: overflows in float16, so it decodes in float32
 
 
 @dataclasses.dataclass

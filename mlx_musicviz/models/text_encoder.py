@@ -1,6 +1,8 @@
-"""CLIPTextModel in MLX (OpenAI CLIP ViT-L and OpenCLIP ViT-H in SD2 form), transformers' names.
+"""CLIPTextModel and CLIPTextModelWithProjection in MLX (OpenAI CLIP ViT-L, OpenCLIP ViT-H in SD2 form,
+OpenCLIP ViT-bigG in SDXL form), transformers' names.
 
-Parameters live under `text_model.` as in transformers' CLIPTextModel checkpoints.
+Parameters live under `text_model.` as in transformers' checkpoints; the projection's under
+`text_projection.`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class CLIPTextTransformer(nn.Module):
 class CLIPTextOutput:
     last_hidden_state: mx.array  # (N, L, D)
     pooler_output: mx.array  # (N, D), the end-of-text position
+    penultimate_hidden_state: mx.array  # (N, L, D): the input of the last layer (SDXL's hidden_states[-2])
+    text_embeds: mx.array | None = None  # (N, P): the projected pooler output (CLIPTextModelWithProjection)
 
 
 class CLIPTextModel(nn.Module):
@@ -104,7 +108,9 @@ class CLIPTextModel(nn.Module):
         x = tm.embeddings(input_ids)
         n = input_ids.shape[1]
         mask = nn.MultiHeadAttention.create_additive_causal_mask(n).astype(x.dtype)
+        penultimate = x
         for layer in tm.encoder.layers:
+            penultimate = x
             x = layer(x, mask)
         x = tm.final_layer_norm(x)
         # transformers' rule: legacy configs (eos_token_id == 2) take the highest id's position.
@@ -113,4 +119,18 @@ class CLIPTextModel(nn.Module):
         else:
             eos = mx.argmax((input_ids == self.config.eos_token_id).astype(mx.int32), axis=-1)
         pooled = x[mx.arange(x.shape[0]), eos]
-        return CLIPTextOutput(last_hidden_state=x, pooler_output=pooled)
+        return CLIPTextOutput(last_hidden_state=x, pooler_output=pooled, penultimate_hidden_state=penultimate)
+
+
+class CLIPTextModelWithProjection(CLIPTextModel):
+    """CLIPTextModel with `text_projection` (no bias): SDXL's second text encoder, whose projected pooled
+    output conditions the UNet."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def __call__(self, input_ids: mx.array) -> CLIPTextOutput:
+        out = super().__call__(input_ids)
+        out.text_embeds = self.text_projection(out.pooler_output)
+        return out

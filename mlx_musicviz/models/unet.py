@@ -3,7 +3,8 @@
 Parameter names follow diffusers (down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q...),
 so converting a checkpoint is a key-for-key copy with convolution weights moved to NHWC.
 Covers SD1.5 / SD2.1 (4 levels, mid block), sdxs-512-0.9 (3 levels, no mid block,
-`only_cross_attention` first level, linear projections) and sdxs-512-dreamshaper.
+`only_cross_attention` first level, linear projections), sdxs-512-dreamshaper and SDXL (`text_time`
+added conditioning: the pooled text embedding and the size/crop time ids join the time embedding).
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ class UNet2DConditionModel(nn.Module):
         pad_out = (config.conv_out_kernel - 1) // 2
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], config.conv_in_kernel, padding=pad_in)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
+        if config.addition_embed_type == "text_time":
+            self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, temb)
         self.down_blocks = []
         prev = ch[0]
         for level, out in enumerate(ch):
@@ -245,15 +248,32 @@ class UNet2DConditionModel(nn.Module):
         emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
         return self.time_embedding(emb.astype(self.conv_in.weight.dtype))
 
+    def add_embed(self, text_embeds: mx.array, time_ids: mx.array) -> mx.array:
+        """SDXL's added conditioning (N, 4*C), summed into the time embedding: the pooled text embedding
+        (N, P) and the 6 time ids (N, 6: original height and width, crop top and left, target height and
+        width, in pixels), each id embedded as a sinusoid of `addition_time_embed_dim`."""
+        c = self.config
+        ids = timestep_embedding(time_ids.reshape(-1), c.addition_time_embed_dim, c.flip_sin_to_cos, c.freq_shift)
+        ids = ids.reshape(time_ids.shape[0], -1)
+        cond = mx.concatenate([text_embeds.astype(mx.float32), ids], axis=-1)
+        return self.add_embedding(cond.astype(self.conv_in.weight.dtype))
+
     def __call__(
         self,
         sample: mx.array,
         timestep: mx.array | float | int | None,
         encoder_hidden_states: mx.array,
         temb: mx.array | None = None,
+        added_cond: tuple[mx.array, mx.array] | None = None,
     ) -> mx.array:
+        """`temb`: the time embedding when computed once (`time_embed`); `added_cond`: SDXL's (pooled
+        text embeddings (N, P), time ids (N, 6)), which `add_embed` adds to it."""
         if temb is None:
             temb = self.time_embed(timestep, sample.shape[0])
+        if "add_embedding" in self:
+            if added_cond is None:
+                raise ValueError("this UNet (SDXL) needs added_cond: pooled text embeddings and time ids")
+            temb = temb + self.add_embed(*added_cond)
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:
