@@ -8,7 +8,8 @@ Two file formats, both safetensors:
   `.lora.up.weight`.
 - kohya / A1111: `lora_unet_<module with _ for .>.lora_down.weight`, `.lora_up.weight` and `.alpha`;
   `lora_te_` (or `lora_te1_`) for the text encoder, `lora_te2_` for SDXL's second one
-  (`text_encoder_2.` in diffusers files).
+  (`text_encoder_2.` in diffusers files). SDXL files from kohya's scripts name the UNet's layers in the
+  SGM/LDM layout (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`); both layouts are read.
 Linear and convolution layers (LoCon) both fuse. Module names are diffusers', as the models here use.
 """
 
@@ -117,12 +118,57 @@ def _alpha(metadata: dict, component: str, module: str) -> tuple[float | None, b
 
 def _aliases(names, underscored: bool) -> dict[str, str]:
     """Other names of the layers `names` in LoRA files -> theirs: without the CLIP text encoder's
-    `text_model.` (as transformers 5 saves it), and with _ for . (kohya)."""
+    `text_model.` (as transformers 5 saves it), with _ for . (kohya), and a UNet's in the SGM layout
+    (kohya's SDXL files)."""
     table = {}
+    sgm = sgm_names(names) if underscored else {}
     for name in names:
-        for alias in (name, name.removeprefix("text_model.")):
+        for alias in (name, name.removeprefix("text_model."), sgm.get(name, name)):
             table[alias.replace(".", "_") if underscored else alias] = name
     return table
+
+
+_SGM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+               "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_SGM_FIXED = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+              "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+              "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def sgm_names(names) -> dict[str, str]:
+    """A UNet's layer names (diffusers') -> the same layers' names in the SGM/LDM layout, in which the
+    blocks are numbered in one row: input_blocks.K (conv_in first, then per level its resnet-plus-attention
+    pairs and downsampler), middle_block.0-2, output_blocks.K (per level n + 1 pairs, the upsampler last).
+    Empty for names that are not a UNet's."""
+    n = len({m.split(".")[3] for m in names if m.startswith("down_blocks.0.resnets.")})
+    if not n:
+        return {}
+    with_attention = {int(m.split(".")[1]) for m in names if m.startswith("up_blocks.") and ".attentions." in m}
+    out = {}
+    for name in names:
+        parts = name.split(".")
+        if name in _SGM_FIXED:
+            out[name] = _SGM_FIXED[name]
+            continue
+        if parts[0] == "mid_block" and len(parts) > 3:
+            kind, rest = parts[1], parts[3:]
+            head = f"middle_block.{ {'resnets': 2 * int(parts[2]), 'attentions': 1}[kind] }"
+        elif parts[0] in ("down_blocks", "up_blocks") and len(parts) > 4:
+            level, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+            down = parts[0] == "down_blocks"
+            if kind == "downsamplers":
+                head, rest = f"input_blocks.{(level + 1) * (n + 1)}.0", ["op", *rest[1:]]
+            elif kind == "upsamplers":
+                head = f"output_blocks.{level * (n + 1) + n}.{2 if level in with_attention else 1}"
+            else:
+                block = 1 + level * (n + 1) + j if down else level * (n + 1) + j
+                head = f"{'input_blocks' if down else 'output_blocks'}.{block}.{0 if kind == 'resnets' else 1}"
+        else:
+            continue
+        if kind == "resnets":
+            rest = [_SGM_RESNET.get(rest[0], rest[0]), *rest[1:]]
+        out[name] = ".".join([head, *rest])
+    return out
 
 
 def read_lora(path, names: dict[str, set[str]]) -> dict[str, dict[str, LoraLayer]]:
@@ -133,9 +179,12 @@ def read_lora(path, names: dict[str, set[str]]) -> dict[str, dict[str, LoraLayer
     if not tensors:
         raise MusicvizError(f"{path} holds no tensors: not a LoRA file")
     parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    tables: dict[tuple[str, bool], dict[str, str]] = {}
     for key, value in sorted(tensors.items()):  # the first mismatch named is the same every time
         component, module, underscored, kind, _ = _split(key)
-        table = _aliases(names.get(component, ()), underscored)
+        if (component, underscored) not in tables:
+            tables[component, underscored] = _aliases(names.get(component, ()), underscored)
+        table = tables[component, underscored]
         if underscored and module not in table:
             raise MusicvizError(f"{path} does not fit this model: {key} names no layer of its {component}")
         module = table.get(module, module)

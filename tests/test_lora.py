@@ -216,6 +216,100 @@ def test_convert_fuses_loras_before_quantizing_and_records_them(small_checkpoint
     assert again.exit_code == 1 and "quantized; LoRAs fuse into float weights" in again.stderr
 
 
+SDXL_UNET_TARGETS = [*UNET_TARGETS, "conv_shortcut", "conv", "linear_1", "linear_2"]  # + down/upsamplers, time MLPs
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(tmp_path_factory):
+    """The small SDXL checkpoint and a random LoRA of its UNet (rank 4, alpha 8; attention, feed-forward,
+    convolutions including the down- and upsamplers and shortcuts, the time and added-conditioning MLPs) and
+    both text encoders (rank 2, alpha 2), in diffusers' format and in kohya's SDXL form: the UNet's layers
+    named in the SGM layout (`lora_unet_input_blocks_4_1_...`), the text encoders `lora_te1_`, `lora_te2_`."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from reference import small_sdxl_checkpoint
+    from safetensors.numpy import save_file
+
+    from mlx_musicviz.lora import sgm_names
+
+    folder = tmp_path_factory.mktemp("sdxl-lora")
+    src, converted = small_sdxl_checkpoint(folder, seed=10)
+    pipe = StableDiffusionXLPipeline.from_pretrained(src)
+    sgm = sgm_names({k.removesuffix(".weight") for k in pipe.unet.state_dict() if k.endswith(".weight")})
+    unet_config = LoraConfig(r=4, lora_alpha=8, target_modules=SDXL_UNET_TARGETS)
+    text_config = LoraConfig(r=2, lora_alpha=2, target_modules=TEXT_TARGETS)
+    unet = _random_adapter(pipe.unet, unet_config, 5, 0.05)
+    te1 = convert_state_dict_to_diffusers(_random_adapter(pipe.text_encoder, text_config, 6, 0.05))
+    te2 = convert_state_dict_to_diffusers(_random_adapter(pipe.text_encoder_2, text_config, 7, 0.05))
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder / "diffusers", unet_lora_layers=unet, text_encoder_lora_layers=te1, text_encoder_2_lora_layers=te2,
+        unet_lora_adapter_metadata=unet_config.to_dict(), text_encoder_lora_adapter_metadata=text_config.to_dict(),
+        text_encoder_2_lora_adapter_metadata=text_config.to_dict())
+    diffusers_file = folder / "diffusers" / "pytorch_lora_weights.safetensors"
+    kohya = {}
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    with safe_open(str(diffusers_file), framework="numpy") as f:
+        for key in f.keys():
+            component, rest = key.split(".", 1)
+            module, _ = rest.rsplit(".lora_", 1) if ".lora_" in rest else rest.rsplit(".lora.", 1)
+            module = module.removesuffix(".lora_linear_layer")
+            name = prefixes[component] + (sgm[module] if component == "unet" else module).replace(".", "_")
+            down = "lora_A" in key or ".down." in key
+            kohya[f"{name}.lora_{'down' if down else 'up'}.weight"] = f.get_tensor(key)
+            kohya[f"{name}.alpha"] = np.array(8.0 if component == "unet" else 2.0, np.float32)
+    save_file(kohya, str(folder / "kohya.safetensors"))
+    assert any(k.startswith("lora_unet_input_blocks_3_0_op") for k in kohya)  # the SGM names are exercised
+    assert any(k.startswith("lora_unet_label_emb_0_0") for k in kohya)
+    return {"diffusers_checkpoint": src, "mlx": converted, "diffusers": diffusers_file,
+            "kohya": folder / "kohya.safetensors"}
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+def test_an_sdxl_lora_matches_diffusers(sdxl_lora, form):
+    """UNet and both text encoders: diffusers' load_lora_weights + fuse_lora(0.7) on the same file."""
+    from diffusers import StableDiffusionXLPipeline
+
+    scale = 0.7
+    plain = StableDiffusionXLPipeline.from_pretrained(sdxl_lora["diffusers_checkpoint"])
+    ref = StableDiffusionXLPipeline.from_pretrained(sdxl_lora["diffusers_checkpoint"])
+    ref.load_lora_weights(str(sdxl_lora[form]))
+    ref.fuse_lora(lora_scale=scale, components=["unet", "text_encoder", "text_encoder_2"])
+    ref.unload_lora_weights()
+    ref.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(sdxl_lora["mlx"], loras=[(sdxl_lora[form], scale)])
+    layers = pipe.record["loras"][0]["layers"]
+    for component in ("unet", "text_encoder", "text_encoder_2"):  # diffusers fused every layer we did
+        before = getattr(plain, component).state_dict()
+        changed = [k for k, v in getattr(ref, component).state_dict().items() if not torch.equal(v, before[k])]
+        assert len(changed) == layers[component], (component, len(changed), layers)
+    with torch.no_grad():
+        tokens, _, pooled, _ = ref.encode_prompt([PROMPT], device="cpu", num_images_per_prompt=1,
+                                                 do_classifier_free_guidance=False)
+    embeds = pipe.encode_prompt([PROMPT])
+    got_tokens, got_pooled = pipe.split_prompt_embeds(embeds)
+    text_err = max(rel_l2(np.array(got_tokens), tokens.numpy()), rel_l2(np.array(got_pooled), pooled.numpy()))
+    latents = np.random.default_rng(2).standard_normal((1, 16, 16, 4)).astype(np.float32)
+    sample = latents * pipe.scheduler.noise_scale
+    with torch.no_grad():
+        ids = torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]])
+        noise = ref.unet(nchw(sample), torch.tensor([999]), encoder_hidden_states=tokens,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample.numpy()
+        image = ref([PROMPT], latents=nchw(latents), num_inference_steps=1, height=128, width=128, guidance_scale=0.0,
+                    output_type="np").images
+    got_noise = np.array(pipe.predict_noise(mx.array(sample), embeds))
+    unet_err = rel_l2(got_noise, noise.transpose(0, 2, 3, 1))
+    frame = np.array(pipe.text_to_image(PROMPT, mx.array(latents)))
+    within = np.mean(np.abs(frame.astype(int) - (image * 255).round().astype(int)) <= 1)
+    print(f"SDXL {form} x{scale}: layers {layers}; text encoders {text_err:.2e}, UNet {unet_err:.2e}, "
+          f"pixels within 1/255 {within:.4%}")
+    assert text_err <= 1e-4 and unet_err <= 1e-4 and within >= 0.999
+    unfused = load_pipeline(sdxl_lora["mlx"])  # the LoRA changes both encoders' outputs and the noise
+    tokens0, pooled0 = unfused.split_prompt_embeds(unfused.encode_prompt([PROMPT]))
+    assert rel_l2(np.array(tokens0), np.array(got_tokens)) > 0.01 and rel_l2(np.array(pooled0), np.array(got_pooled)) > 0.01
+    assert rel_l2(np.array(unfused.predict_noise(mx.array(sample), embeds)), got_noise) > 0.01
+
+
 @pytest.mark.slow
 def test_a_lora_on_the_full_size_unet_matches_peft(tmp_path):
     """sdxs-512-0.9's full UNet (random weights) with a random rank-8 LoRA on its attention, feed-forward,
