@@ -26,9 +26,9 @@ FORMAT_VERSION = 2  # 2: quantized components
 RECORD_NAME = "musicviz.json"
 WEIGHTS_NAME = "model.safetensors"
 ENCODER_NAME = "encoder.safetensors"  # beside a KL VAE's weights: its encoder, read only to train LoRAs
-# Pipeline components: the three the one-step pipeline needs, SDXL's second text encoder, and the
-# optional large VAE.
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae", "vae_large")
+# Pipeline components: the three the one-step pipeline needs, SDXL's second text encoder, SDXS's optional
+# large VAE, and a tiny VAE added to a model whose vae/ is a KL one (`convert --tiny-vae`).
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae", "vae_large", "vae_tiny")
 REQUIRED = ("text_encoder", "unet", "vae", "tokenizer")
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 

@@ -27,13 +27,14 @@ class Pipeline:
     """One-step text-to-image with diffusers' component names.
 
     Latents are NHWC (N, H/8, W/8, C). Images are uint8 NHWC (N, H, W, 3). SDXL models have a second
-    tokenizer and text encoder (`tokenizer_2`, `text_encoder_2`); elsewhere they are None.
+    tokenizer and text encoder (`tokenizer_2`, `text_encoder_2`); elsewhere they are None. `vae_tiny`:
+    a tiny VAE added to a model whose `vae` is a KL one (`convert --tiny-vae`), else None.
     """
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: OneStepScheduler, folder: Path | None = None,
-                 dtype=mx.float32, record: dict | None = None, tokenizer_2=None, text_encoder_2=None):
+                 dtype=mx.float32, record: dict | None = None, tokenizer_2=None, text_encoder_2=None, vae_tiny=None):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
-        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
+        self.tokenizer_2, self.text_encoder_2, self.vae_tiny = tokenizer_2, text_encoder_2, vae_tiny
         self.scheduler = scheduler
         self.folder = Path(folder) if folder is not None else None
         self.dtype = dtype
@@ -53,6 +54,8 @@ class Pipeline:
         if (folder / "text_encoder_2").is_dir():
             second = {"tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
                       "text_encoder_2": load("text_encoder_2")}
+        if (folder / "vae_tiny").is_dir():
+            second["vae_tiny"] = load("vae_tiny")
         return cls(CLIPTokenizer.from_pretrained(folder / "tokenizer"), load("text_encoder"), load("unet"),
                    load("vae"), scheduler, folder, dtype, read_record(folder), **second)
 
@@ -174,7 +177,8 @@ class Pipeline:
 
     def weight_bytes(self) -> dict[str, int]:
         """Resident bytes of each component's weights (the large VAE's once it is loaded)."""
-        loaded = (*self.text_encoders(), "unet", "vae") + (("vae_large",) if self._vae_large is not None else ())
+        loaded = (*self.text_encoders(), "unet", "vae") + (("vae_large",) if self._vae_large is not None else ()) + (
+            ("vae_tiny",) if self.vae_tiny is not None else ())
         return {name: weight_bytes(getattr(self, name)) for name in loaded}
 
     @property
@@ -267,23 +271,27 @@ class Pipeline:
         return self.scheduler.step(self.predict_noise(sample, prompt_embeds), sample)
 
     def vae_name(self, vae: str = "auto") -> str:
-        """"tiny" or "large": `vae` itself, or for "auto" the tiny VAE where the model has one (SDXS),
-        else its own AutoencoderKL (SD-Turbo)."""
+        """"tiny" or "large": `vae` itself, or for "auto" the tiny VAE where the model has one (SDXS, or
+        one added by `convert --tiny-vae`), else its own AutoencoderKL (SD-Turbo, SDXL-Turbo)."""
         if vae not in VAE_CHOICES:
             raise MusicvizError(f"vae must be one of {VAE_CHOICES}, not {vae!r}")
         if vae != "auto":
             return vae
-        return "tiny" if isinstance(self.vae, AutoencoderTiny) else "large"
+        return "tiny" if isinstance(self.vae, AutoencoderTiny) or self.vae_tiny is not None else "large"
 
     def vae_for(self, vae: str = "auto"):
-        """The VAE module that `decode(..., vae)` uses: the tiny one ("tiny": SDXS's `vae/`) or the
-        KL one ("large": `vae/` where it is one, as in SD-Turbo, else SDXS's `vae_large/`)."""
+        """The VAE module that `decode(..., vae)` uses: the tiny one ("tiny": SDXS's `vae/`, or the
+        `vae_tiny/` added to a KL model) or the KL one ("large": `vae/` where it is one, as in SD-Turbo,
+        else SDXS's `vae_large/`)."""
         vae = self.vae_name(vae)
         if isinstance(self.vae, AutoencoderTiny):
             return self.vae if vae == "tiny" else self.vae_large
         if vae == "tiny":
-            raise MusicvizError(f"model {self.folder or self.record.get('source')} has no tiny VAE (its vae/ is an "
-                                "AutoencoderKL): use --vae large or auto (vae=\"large\")")
+            if self.vae_tiny is None:
+                raise MusicvizError(f"model {self.folder or self.record.get('source')} has no tiny VAE (its vae/ is an "
+                                    "AutoencoderKL): use --vae large or auto, or add one with `convert MODEL DST "
+                                    "--tiny-vae madebyollin/taesd` (taesdxl for SDXL)")
+            return self.vae_tiny
         return self.vae
 
     def decode(self, latents: mx.array, vae: str = "auto") -> mx.array:

@@ -135,3 +135,18 @@ def test_convert_random_tiny_sdxl_keeps_both_text_encoders(tmp_path):
     latents = mx.random.normal(random.latent_shape(64, 128), key=mx.random.key(3))
     expected = np.array(random.text_to_image("a red fox", latents))
     assert np.array_equal(np.array(loaded.text_to_image("a red fox", latents)), expected) and expected.std() > 1
+
+
+def test_convert_tiny_vae_refusals_are_one_line(small_checkpoint, tmp_path):
+    """--tiny-vae: a model whose vae/ is already tiny (SDXS), a tiny VAE of other latents (the real TAEF2 weights:
+    32 channels) and a missing one are each one error line, and nothing is left at the destination."""
+    from reference import DATA, small_kl_checkpoint
+
+    _, kl = small_kl_checkpoint(tmp_path / "kl", "sd21", "openclip", "!", "sd-turbo", seed=2)
+    cases = [(small_checkpoint["mlx"], DATA / "weights" / "taef2", "already a tiny VAE (SDXS)"),
+             (kl, DATA / "weights" / "taef2", "takes 32-channel latents; this model's UNet makes 4"),
+             (kl, tmp_path / "no-such-taesd", "not found")]
+    for src, tiny, needle in cases:
+        result = run_cli("convert", src, tmp_path / "out", "--tiny-vae", tiny)
+        assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "out").exists()

@@ -283,3 +283,34 @@ def test_sdxl_vae_decodes_in_float32(tmp_path):
     assert pipe.unet.conv_in.weight.dtype == mx.float16 and pipe.vae.decoder.conv_in.weight.dtype == mx.float32
     image = pipe.text_to_image(PROMPT, mx.random.normal((1, 8, 8, 4), key=mx.random.key(0)))
     assert image.dtype == mx.uint8 and image.shape == (1, 64, 64, 3)
+
+
+def test_a_tiny_vae_added_to_a_kl_model_matches_diffusers(tmp_path):
+    """`convert --tiny-vae`: an AutoencoderTiny (a diffusers folder, as madebyollin/taesd is) beside SD-Turbo's
+    KL VAE; "auto" then decodes with it, as diffusers' pipeline given that VAE does, and a conversion of the
+    converted checkpoint keeps it."""
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
+    from reference import build_tiny_vae, small_kl_checkpoint
+
+    from mlx_musicviz.convert import convert_checkpoint, read_record
+
+    src, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=11)
+    build_tiny_vae(seed=12).save_pretrained(tmp_path / "taesd", safe_serialization=True)
+    pipe = load_pipeline(convert_checkpoint(converted, tmp_path / "with-tiny", tiny_vae=tmp_path / "taesd"))
+    assert pipe.vae_name() == "tiny" and pipe.record["tiny_vae"]["source"] == str((tmp_path / "taesd").resolve())
+    ref = StableDiffusionPipeline.from_pretrained(src, vae=AutoencoderTiny.from_pretrained(tmp_path / "taesd"),
+                                                  safety_checker=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    latents = np.random.default_rng(6).standard_normal((1, 16, 16, 4)).astype(np.float32)
+    with torch.no_grad():
+        image = ref([PROMPT], latents=nchw(latents), num_inference_steps=1, height=128, width=128, guidance_scale=0.0,
+                    output_type="np").images
+    got = np.array(pipe.text_to_image(PROMPT, mx.array(latents)))
+    frac = pixels_within(got, (image * 255).round().astype(np.uint8))
+    print(f"SD-Turbo layout with a tiny VAE: {frac:.4%} of pixels within 1/255")
+    assert got.shape == (1, 128, 128, 3) and frac >= 0.999 and got.std() > 5
+    large = np.array(pipe.generate(mx.array(latents), pipe.encode_prompt(PROMPT), vae="large"))
+    assert large.shape == (1, 32, 32, 3)  # the KL VAE stays (this small one scales by 2)
+    again = convert_checkpoint(tmp_path / "with-tiny", tmp_path / "again", bits=8)
+    assert read_record(again)["tiny_vae"] == pipe.record["tiny_vae"] and "vae_tiny" not in read_record(again)["quantization"]
+    assert np.mean(np.abs(np.array(load_pipeline(again).text_to_image(PROMPT, mx.array(latents)), int) - got)) < 3

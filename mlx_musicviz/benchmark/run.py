@@ -39,16 +39,15 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _pipeline(source, level: str, group_size: int, vae: str = "auto"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
-    (the text encoder, the UNet and, when it decodes, the large VAE: the tiny VAE stays float)."""
-    from ..convert.checkpoint import DEFAULT_QUANTIZED
+    (the text encoders, the UNet and, when it decodes, SDXS's large VAE: tiny VAEs stay float)."""
     from ..loading import load_pipeline
 
     if level in DTYPES:
         return load_pipeline(source, dtype=DTYPES[level])
     bits = int(level.removesuffix("bit"))
     pipe = load_pipeline(source)
-    components = tuple(name for name in DEFAULT_QUANTIZED if name != "vae_large" or pipe.vae_for(vae) is not pipe.vae)
-    return pipe.quantize(bits, group_size, components=components)
+    large = pipe.vae_name(vae) == "large" and pipe.vae_for(vae) is not pipe.vae
+    return pipe.quantize(bits, group_size, components=(*pipe.text_encoders(), "unet", *(("vae_large",) if large else ())))
 
 
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:

@@ -20,9 +20,13 @@ from ..cli import LORA_OPTION, friendly_errors, main
               show_default=True, help="Comma-separated components to quantize, those the model has (add vae for "
               "the tiny VAE).")
 @click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
+@click.option("--tiny-vae", default=None, metavar="SRC",
+              help="Add a tiny VAE (TAESD) to a model with a KL VAE, for fast decoding (--vae auto then uses it): "
+                   "madebyollin/taesd for SD-Turbo and SD1.5, madebyollin/taesdxl for SDXL-Turbo; a hub id, a "
+                   "diffusers folder or TAESD .safetensors files.")
 @LORA_OPTION
 @friendly_errors
-def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed, loras):
+def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mixed, tiny_vae, loras):
     """Convert SRC (a diffusers folder, a hub repo id, or an MLX checkpoint) into an MLX checkpoint DST.
 
     DST defaults to weights/<name of SRC>.
@@ -33,6 +37,7 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
       musicviz-mlx convert ./sdxs-512-dreamshaper weights/dreamshaper --dtype float16
       musicviz-mlx convert weights/sdxs-512-0.9 weights/sdxs-512-0.9-q4 --bits 4 --mixed
       musicviz-mlx convert weights/sdxs-512-0.9 weights/ink-q8 --lora ink.safetensors:0.8 --bits 8
+      musicviz-mlx convert stabilityai/sd-turbo weights/sd-turbo-taesd --tiny-vae madebyollin/taesd
     """
     from pathlib import Path
 
@@ -42,7 +47,8 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
         dst = Path("weights") / Path(src.rstrip("/")).name.replace(":", "-")  # random:tiny -> random-tiny
     quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
     out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
-                             group_size=int(group_size), quantize=quantize, mixed=mixed, loras=loras)
+                             group_size=int(group_size), quantize=quantize, mixed=mixed, loras=loras, tiny_vae=tiny_vae)
     fused = f", {len(loras)} LoRA{'s' if len(loras) > 1 else ''} fused" if loras else ""
+    tiny = f", with the tiny VAE {tiny_vae}" if tiny_vae else ""
     click.echo(f"converted {src} -> {out}" + (f" ({bits}-bit, group size {group_size}{fused})" if bits else
-                                              (f" ({fused[2:]})" if fused else "")))
+                                              (f" ({fused[2:]})" if fused else "")) + tiny)

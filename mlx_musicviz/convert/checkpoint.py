@@ -40,7 +40,7 @@ from ..weights import (
     write_json,
 )
 from . import keymaps
-from .hub import resolve_source
+from .hub import looks_like_repo_id, resolve_source
 
 # Quantized by default when bits are asked for; the 1.2 M-parameter tiny VAE stays float.
 DEFAULT_QUANTIZED = ("text_encoder", "text_encoder_2", "unet", "vae_large")
@@ -159,6 +159,7 @@ def convert_checkpoint(
     quantize: tuple[str, ...] = DEFAULT_QUANTIZED,
     mixed: bool | dict[str, int | None] = False,
     loras=(),
+    tiny_vae: str | Path | None = None,
 ) -> Path:
     """Convert `src` (diffusers folder, hub repo id, or MLX checkpoint) into the MLX checkpoint `dst`.
 
@@ -170,6 +171,9 @@ def convert_checkpoint(
     patterns -> bits (None: float).
     loras: LoRA files fused into the float weights before quantizing, as `load_pipeline` takes them;
     the record lists them with their scales.
+    tiny_vae: a tiny VAE to add to a model whose `vae/` is a KL one (`vae_tiny/`; `--vae auto` then
+    decodes with it): a hub id (madebyollin/taesd for SD1.5/SD2 latents, madebyollin/taesdxl for SDXL's),
+    a diffusers AutoencoderTiny folder or TAESD `*_encoder`/`*_decoder` safetensors; the record says which.
     `src` may also be `random:NAME`: the random weights `load_pipeline("random:NAME")` builds.
     Nothing is left at `dst` if conversion fails.
     """
@@ -178,7 +182,8 @@ def convert_checkpoint(
             raise MusicvizError(f"{src} has no revisions: its weights are built here, not downloaded")
         with tempfile.TemporaryDirectory(prefix="musicviz-random-") as folder:
             source = write_random_checkpoint(str(src)[len("random:"):], Path(folder))
-            return convert_checkpoint(source, dst, dtype, None, components, bits, group_size, quantize, mixed, loras)
+            return convert_checkpoint(source, dst, dtype, None, components, bits, group_size, quantize, mixed, loras,
+                                      tiny_vae)
     if dtype != "auto" and dtype not in DTYPES:
         raise MusicvizError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
     unknown = sorted(set(quantize) - set(COMPONENTS))
@@ -228,6 +233,9 @@ def convert_checkpoint(
             save_safetensors(tmp / name / WEIGHTS_NAME, weights, metadata)
             if class_name_of(config) == "AutoencoderKL":
                 _write_kl_encoder(folder / name, tmp / name, record_in is not None, cast, name)
+        added = _write_tiny_vae(tiny_vae, tmp, cast) if tiny_vae is not None else None
+        if added is not None:
+            dtypes["vae_tiny"] = added.pop("dtype")
         shutil.copytree(folder / "tokenizer", tmp / "tokenizer")
         if (folder / "tokenizer_2").is_dir() and "text_encoder_2" in wanted:
             shutil.copytree(folder / "tokenizer_2", tmp / "tokenizer_2")
@@ -243,6 +251,8 @@ def convert_checkpoint(
         }
         if plans:
             record["quantization"] = plans
+        if added is not None or (record_in or {}).get("tiny_vae"):
+            record["tiny_vae"] = added or record_in["tiny_vae"]
         if (record_in or {}).get("loras") or fused_loras:
             record["loras"] = [*(record_in or {}).get("loras", []), *fused_loras]
         write_json(tmp / RECORD_NAME, record)
@@ -251,6 +261,32 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def _write_tiny_vae(source, folder: Path, cast) -> dict:
+    """Write the tiny VAE `source` (see `convert_checkpoint`) as `folder/vae_tiny/` beside a KL model's
+    components, checked against its UNet's latent channels; returns what the record keeps of it."""
+    from mlx.utils import tree_flatten
+
+    vae = read_json(folder / "vae" / "config.json")
+    if class_name_of(vae) == "AutoencoderTiny":
+        raise MusicvizError("this model's vae/ is already a tiny VAE (SDXS): --tiny-vae is for models with a KL VAE")
+    path = Path(source).expanduser()
+    origin = {"source": str(path.resolve()), "revision": None}
+    if not path.exists() and looks_like_repo_id(str(source)):
+        path, origin = resolve_source(source)
+    model = load_tiny_autoencoder(path)
+    channels = read_json(folder / "unet" / "config.json").get("in_channels", 4)
+    if model.config.latent_channels != channels:
+        raise MusicvizError(f"the tiny VAE {source} takes {model.config.latent_channels}-channel latents; this "
+                            f"model's UNet makes {channels}")
+    weights = _cast(dict(tree_flatten(model.parameters())), cast)
+    dtype = str(_storage_dtype(weights)).replace("mlx.core.", "")
+    config = {"_class_name": "AutoencoderTiny", **model.config.to_dict()}
+    write_json(folder / "vae_tiny" / "config.json", config)
+    save_safetensors(folder / "vae_tiny" / WEIGHTS_NAME, weights, {"format": FORMAT_NAME, "component": "vae_tiny",
+                                                                   "dtype": dtype, "library_version": __version__})
+    return {**origin, "dtype": dtype}
 
 
 def _fuse_loras(parts: dict, loras) -> list[dict]:
