@@ -91,8 +91,12 @@ def check_compose(seconds: float, preset: str, overlap: int, iterations: int) ->
     if preset not in PRESETS:
         raise MusicvizError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    if not (isinstance(seconds, (int, float)) and 0 < seconds <= MAX_SECONDS):
-        raise MusicvizError(f"seconds must be more than 0 and at most {MAX_SECONDS:.0f}, got {seconds}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise MusicvizError(f"seconds must be a number, got {type(seconds).__name__} {seconds!r:.40}")
+    shortest = p.n_fft / p.sample_rate  # one STFT window: less has no spectrum to invert
+    if not shortest <= seconds <= MAX_SECONDS:
+        raise MusicvizError(f"seconds must be at least {shortest:.2f} (one {p.n_fft}-sample window) and at most "
+                            f"{MAX_SECONDS:.0f}, got {seconds}")
     if not isinstance(overlap, int) or overlap < 0 or overlap % 8 or overlap > p.tile_width // 2:
         raise MusicvizError(f"the overlap must be a multiple of 8 pixel columns from 0 to {p.tile_width // 2}, got {overlap}")
     if iterations < 1:

@@ -48,9 +48,11 @@ NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscre
 
 def parse_scheduler(text: str) -> tuple[str, int | None]:
     """"NAME" or "NAME:TIMESTEP" (e.g. "tcd:800") -> (scheduler class name, timestep or None)."""
-    name, _, timestep = str(text).partition(":")
+    name, colon, timestep = str(text).partition(":")
     if name.lower() not in NAMES:
         raise MusicvizError(f"unknown scheduler {name!r}; choose one of {', '.join(NAMES)} (optionally NAME:TIMESTEP)")
+    if colon and not timestep.strip():
+        raise MusicvizError(f"no timestep after {name}: (NAME or NAME:TIMESTEP, e.g. tcd:800)")
     try:
         t = int(timestep) if timestep else None
     except ValueError:

@@ -294,3 +294,10 @@ def test_api_progress_and_sample_rates_that_cannot_work_are_one_line(tmp_path):
             render(audio, "x", output=tmp_path / "v.mp4", model="random:tiny", size=64, **kwargs)
         assert needle in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "v.mp4").exists()
+
+
+@pytest.mark.parametrize("scheduler,needle", [("nope", "unknown scheduler 'nope'"), ("tcd:", "no timestep after tcd:"),
+                                              ("tcd:soon", "must be a whole number, got 'soon'"),
+                                              ("lcm:1000", "must be from 0 to 999, got 1000")])
+def test_a_bad_scheduler_is_one_line(tmp_path, scheduler, needle):
+    refused(tmp_path, [str(TRUMPET), "-p", "x", "--scheduler", scheduler], needle)

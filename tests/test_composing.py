@@ -8,6 +8,7 @@ from render_helpers import error_lines, run_cli
 
 from mlx_musicviz import load_pipeline
 from mlx_musicviz.composing import compose, join_tiles, seam_flux
+from mlx_musicviz.errors import MusicvizError
 from mlx_musicviz.spectrogram import PRESETS
 
 
@@ -67,7 +68,9 @@ def test_the_api_and_bad_input(tmp_path):
     out = str(tmp_path / "x.wav")
     cases = [
         (["-o", str(tmp_path / "x.mp3")], "must end in .wav or .flac"),
-        (["-o", out, "--seconds", "0"], "seconds must be more than 0"),
+        (["-o", out, "--seconds", "0"], "seconds must be at least 0.09 (one 4096-sample window)"),
+        (["-o", out, "--seconds", "0.05"], "seconds must be at least 0.09"),
+        (["-o", out, "--preset", "riffusion", "--seconds", "0.2"], "seconds must be at least 0.40"),
         (["-o", out, "--overlap", "12"], "multiple of 8"),
         (["-o", out, "--iterations", "0"], "iterations must be at least 1"),
         (["-o", out, "--lora", str(tmp_path / "none.safetensors")], "not found"),
@@ -77,6 +80,8 @@ def test_the_api_and_bad_input(tmp_path):
         result = run_cli("compose", "-p", "a cello", "--model", "random:tiny", *args)
         lines = error_lines(result)
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], (args, result.stderr[-400:])
+    with pytest.raises(MusicvizError, match="seconds must be a number, got str '3'"):
+        compose("a cello", out, "random:tiny", seconds="3")
     result = run_cli("compose", "-p", " ", "--model", "random:tiny", "-o", out)
     assert result.exit_code == 1 and "the prompt is empty" in error_lines(result)[0]
     assert not list(tmp_path.iterdir())

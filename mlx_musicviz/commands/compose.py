@@ -42,4 +42,4 @@ def compose(prompt, output, model, loras, scheduler, seconds, preset, seed, over
     result = make(prompt, output, model, seconds=seconds, preset=preset, seed=seed, overlap=overlap,
                   iterations=iterations, loras=loras, scheduler=scheduler, progress=progress)
     click.echo("", err=True)
-    click.echo(f"{result.output}: {result.seconds:.2f} s from {result.tiles} tiles")
+    click.echo(f"{result.output}: {result.seconds:.2f} s from {result.tiles} tile{'s' if result.tiles != 1 else ''}")
