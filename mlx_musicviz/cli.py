@@ -113,9 +113,16 @@ def _walk_options(fn):
 LORA_OPTION = click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]",
                            help="A LoRA file (diffusers or kohya safetensors) fused into the model, SCALE times "
                                 "(default 1); repeat for several.")
-SCHEDULER_OPTION = click.option("--scheduler", default=None, metavar="NAME[:T]",
-                                help="Take the one step as another scheduler does: lcm (LCM-LoRA), tcd:800 (Hyper-SD's "
-                                     "1-step LoRA), euler, ddim or pndm, at timestep T if given (default: the model's).")
+_SCHEDULER = click.option("--scheduler", default=None, metavar="NAME[:T]",
+                          help="Take the one step as another scheduler does: lcm (LCM-LoRA), tcd:800 (Hyper-SD's "
+                               "1-step LoRA), euler, ddim or pndm, at timestep T if given (default: the model's).")
+_STEPS = click.option("--steps", type=int, default=1, show_default=True,
+                      help="LCM's number of steps, 1 to 8 (with --scheduler lcm): each one more UNet call a frame.")
+
+
+def SCHEDULER_OPTION(fn):  # noqa: N802 - used as a decorator, like the other options
+    """--scheduler and --steps."""
+    return _SCHEDULER(_STEPS(fn))
 
 
 def _image_options(fn):

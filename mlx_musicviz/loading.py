@@ -14,7 +14,7 @@ from .pipeline import DEFAULT_MODEL, Pipeline
 
 def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
                   bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=(),
-                  scheduler: str | None = None) -> Pipeline:
+                  scheduler: str | None = None, steps: int = 1) -> Pipeline:
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
     `random:NAME` (random weights of a known architecture: see `random_models`).
 
@@ -25,13 +25,14 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
     quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
     scheduler: another scheduler's one step than the checkpoint's (see `Pipeline.set_scheduler`): "lcm"
-    for LCM-LoRA, "tcd:800" for Hyper-SD's 1-step LoRA.
+    for LCM-LoRA, "tcd:800" for Hyper-SD's 1-step LoRA; steps: LCM's number of steps (1 to 8).
     """
-    if scheduler is not None:
-        from .scheduler import parse_scheduler
+    if scheduler is not None or steps != 1:
+        from .scheduler import check_scheduler
 
-        parse_scheduler(scheduler)  # a bad name fails before the model loads
-        return load_pipeline(path_or_repo, dtype, revision, bits, group_size, mixed, loras).set_scheduler(scheduler)
+        steps = check_scheduler(scheduler, steps)  # a bad name fails before the model loads
+        pipe = load_pipeline(path_or_repo, dtype, revision, bits, group_size, mixed, loras)
+        return pipe.set_scheduler(scheduler, steps)
     if dtype not in (mx.float32, mx.float16, mx.bfloat16):
         raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
     if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:

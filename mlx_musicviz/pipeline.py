@@ -36,6 +36,7 @@ class Pipeline:
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.tokenizer_2, self.text_encoder_2, self.vae_tiny = tokenizer_2, text_encoder_2, vae_tiny
         self.scheduler = scheduler
+        self.scheduler_steps = (scheduler,)  # the sampling's steps: one, or LCM's several (`set_scheduler`)
         self.folder = Path(folder) if folder is not None else None
         self.dtype = dtype
         self.record = record or {}
@@ -113,23 +114,26 @@ class Pipeline:
         return self
 
     def _embed_timestep(self) -> None:
-        """The timestep never changes between calls: embed it once (batch 1 broadcasts over any batch),
+        """The timesteps never change between calls: embed them once (batch 1 broadcasts over any batch),
         again whenever the UNet or the scheduler changes."""
-        self._temb = self.unet.time_embed(self.scheduler.timestep)
-        mx.eval(self._temb)
+        self._tembs = [self.unet.time_embed(step.timestep) for step in self.scheduler_steps]
+        mx.eval(self._tembs)
 
-    def set_scheduler(self, scheduler: str) -> "Pipeline":
-        """Take the one step with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800"
-        (Hyper-SD's 1-step LoRA), "euler", "ddim" or "pndm", optionally NAME:TIMESTEP; the record says
-        which. Returns self."""
+    def set_scheduler(self, scheduler: str, steps: int = 1) -> "Pipeline":
+        """Sample with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800" (Hyper-SD's 1-step
+        LoRA), "euler", "ddim" or "pndm", optionally NAME:TIMESTEP; LCM also in `steps` steps (2 to 8, each
+        a UNet call). The record says which. Returns self."""
         import dataclasses
 
-        from .scheduler import parse_scheduler
+        from .scheduler import check_steps, parse_scheduler
 
         name, timestep = parse_scheduler(scheduler)
+        steps = check_steps(scheduler, steps)
         config = dataclasses.replace(self.scheduler.config, class_name=name)
-        self.scheduler = OneStepScheduler.from_config(config, timestep)
-        self.record = {**self.record, "scheduler": {"class_name": name, "timestep": self.scheduler.timestep}}
+        self.scheduler_steps = OneStepScheduler.steps_from_config(config, timestep, steps)
+        self.scheduler = self.scheduler_steps[0]
+        chosen = {"class_name": name, "timestep": self.scheduler.timestep, **({"steps": steps} if steps > 1 else {})}
+        self.record = {**self.record, "scheduler": chosen}
         self._embed_timestep()
         return self
 
@@ -247,28 +251,32 @@ class Pipeline:
                                 f"(encode_prompt's output), got {tuple(prompt_embeds.shape)}")
 
     def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        """One UNet call at the scheduler's timestep and the scheduler's step; embeddings of batch 1
-        serve every latent."""
+        """One UNet call at the scheduler's timestep and the scheduler's step (LCM's several: one each);
+        embeddings of batch 1 serve every latent."""
         self.check_inputs(latents, prompt_embeds)
         if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
             prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
         return self._denoise(latents, prompt_embeds)
 
-    def predict_noise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        """The UNet's noise prediction at the one timestep (its embedding computed once), in the compute
-        dtype. SDXL's added conditioning: the pooled embedding and time ids of the image size, uncropped
+    def predict_noise(self, latents: mx.array, prompt_embeds: mx.array, step: int = 0) -> mx.array:
+        """The UNet's noise prediction at the timestep of `scheduler_steps[step]` (its embedding computed
+        once), in the compute dtype. SDXL's added conditioning: the pooled embedding and time ids of the image size, uncropped
         (as diffusers' defaults: original and target size the output's)."""
         context, pooled = self.split_prompt_embeds(prompt_embeds)
         added = None
         if pooled is not None:
             h, w = latents.shape[1] * self.vae_scale_factor, latents.shape[2] * self.vae_scale_factor
             added = (pooled, mx.broadcast_to(mx.array([[h, w, 0, 0, h, w]], dtype=mx.float32), (latents.shape[0], 6)))
-        return self.unet(latents.astype(self.dtype), None, context.astype(self.dtype), temb=self._temb,
+        return self.unet(latents.astype(self.dtype), None, context.astype(self.dtype), temb=self._tembs[step],
                          added_cond=added)
 
     def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
-        sample = self.scheduler.scale_noise(latents.astype(self.dtype))
-        return self.scheduler.step(self.predict_noise(sample, prompt_embeds), sample)
+        noise = latents.astype(self.dtype)
+        sample = self.scheduler.scale_noise(noise)
+        last = len(self.scheduler_steps) - 1
+        for i, step in enumerate(self.scheduler_steps):  # LCM's steps before the last noise again with `noise`
+            sample = step.step(self.predict_noise(sample, prompt_embeds, i), sample, noise if i < last else None)
+        return sample
 
     def vae_name(self, vae: str = "auto") -> str:
         """"tiny" or "large": `vae` itself, or for "auto" the tiny VAE where the model has one (SDXS, or

@@ -25,7 +25,7 @@ from .errors import MusicvizError
 from .loading import load_pipeline
 from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL
-from .scheduler import parse_scheduler
+from .scheduler import check_scheduler
 from .sharing import agree, encode_unit, launched_group, share_render, unit_frames
 from .video import MAX_CRF, SegmentedVideo, check_video_path, kept_out_of_order, soundtrack
 from .walkers import NoiseWalkConfig, NoiseWalker, PromptWalkConfig, PromptWalker
@@ -144,7 +144,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
            vae: str = "auto", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
-           progress=None, loras=(), scheduler: str | None = None, pipeline=None) -> RenderResult:
+           progress=None, loras=(), scheduler: str | None = None, steps: int = 1, pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
     output: the video's path, ending in .mp4, .m4v or .mov (H.264 with AAC audio); default
@@ -161,7 +161,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         kept (see `video.SegmentedVideo`); False starts over.
     progress: called as progress(done_frames, total_frames) after every batch.
     loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
-    scheduler: another scheduler's one step than the model's, e.g. "lcm" or "tcd:800" (see `load_pipeline`).
+    scheduler: another scheduler's one step than the model's, e.g. "lcm" or "tcd:800" (see `load_pipeline`);
+        steps: LCM's number of steps (each a UNet call).
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).
@@ -177,8 +178,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         width, height = check_inputs(prompt, seed, size, batch_size, note_prompts, section_prompts)
         if not 0 <= crf <= MAX_CRF:
             raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
-        if scheduler is not None:
-            parse_scheduler(scheduler)
+        check_scheduler(scheduler, steps)
         if not isinstance(cadence, (int, np.integer)) or cadence < 1:
             raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
         output = default_output(audio) if output is None else output
@@ -190,7 +190,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         times["analysis"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler)
+        pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps)
         vae = pipe.vae_name(vae)  # "auto" named, so that a resume matches what the frames were made with
         pipe.vae_for(vae)  # a model without that VAE says so now, not after the first batch
         times["load"] = time.perf_counter() - t

@@ -12,11 +12,15 @@ Euler ancestral (SDXL-Turbo) adds noise of σ_up = 0 on a step to σ = 0: its on
 LCM and TCD (the schedulers of LCM-LoRA and Hyper-SD) take their one step at the last timestep of their
 original 50-step grid (999), or where asked (Hyper-SD's 1-step LoRA: 800). LCM returns its boundary-
 condition output c_skip z + c_out x0 (ᾱ_prev = 1); TCD's last step lands on ᾱ_0, as DDIM's does.
+LCM also samples in N steps (LCM-LoRA's 2 to 8): N timesteps evenly spaced over its original grid, each step's
+boundary-condition output noised again to the next timestep's ᾱ. diffusers draws fresh noise there; here it
+is the frame's own starting noise, as StreamDiffusion keeps its noise fixed, so that a frame depends on its
+latents alone and the walks stay smooth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
@@ -44,6 +48,37 @@ SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "Euler
               "LCMScheduler", "TCDScheduler")
 NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler",
          "tcd": "TCDScheduler"}
+
+
+MAX_STEPS = 8  # LCM's steps: LCM-LoRA is made for 2 to 8
+
+
+def check_steps(scheduler: str | None, steps) -> int:
+    """`steps` as a whole number, checked against `scheduler` (only LCM samples in several steps)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+        raise MusicvizError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r:.40}")
+    if steps > 1:
+        name, timestep = parse_scheduler(scheduler) if scheduler is not None else (None, None)
+        if name != "LCMScheduler":
+            raise MusicvizError(f"{steps} steps need the LCM scheduler (--scheduler lcm, for LCM-LoRA): the other "
+                                "schedulers here take one step")
+        if timestep is not None:
+            raise MusicvizError("give LCM either a timestep (lcm:T, one step) or several steps, not both")
+    return int(steps)
+
+
+def check_scheduler(scheduler: str | None, steps=1) -> int:
+    """Check a `--scheduler` (None: the model's) and `--steps` before any work; returns the steps."""
+    if scheduler is not None:
+        parse_scheduler(scheduler)
+    return check_steps(scheduler, steps)
+
+
+def lcm_timesteps(config: SchedulerConfig, steps: int) -> list[int]:
+    """LCM's `steps` timesteps, as diffusers' LCMScheduler.set_timesteps(steps) chooses them."""
+    k = config.num_train_timesteps // config.original_inference_steps
+    grid = (np.arange(1, config.original_inference_steps + 1) * k - 1)[::-1]
+    return [int(t) for t in grid[np.floor(np.linspace(0, len(grid), steps, endpoint=False)).astype(np.int64)]]
 
 
 def parse_scheduler(text: str) -> tuple[str, int | None]:
@@ -112,8 +147,21 @@ class OneStepScheduler:
         """The sample the UNet and `step` take, from unit-variance noise latents."""
         return latents if self.noise_scale == 1.0 else latents * self.noise_scale
 
-    def step(self, model_output: mx.array, sample: mx.array) -> mx.array:
-        """Latents after the single denoising step from `sample` (`scale_noise`'s output)."""
+    @classmethod
+    def steps_from_config(cls, config: SchedulerConfig, timestep: int | None = None,
+                          steps: int = 1) -> tuple["OneStepScheduler", ...]:
+        """The steps of a sampling in `steps` steps (one: `from_config`); LCM's each land on the next one's ᾱ,
+        the last on its boundary condition (see `step`'s `noise`)."""
+        if steps == 1:
+            return (cls.from_config(config, timestep),)
+        ac = alphas_cumprod(config)
+        ts = lcm_timesteps(config, steps)
+        return tuple(replace(cls.from_config(config, t), alpha_prev=float(ac[ts[i + 1]]) if i + 1 < steps else 1.0)
+                     for i, t in enumerate(ts))
+
+    def step(self, model_output: mx.array, sample: mx.array, noise: mx.array | None = None) -> mx.array:
+        """Latents after the denoising step from `sample` (`scale_noise`'s output). `noise`: what LCM's
+        steps before the last noise their output with again (else the predicted noise, as DDIM)."""
         a, a_prev = self.alpha_t, self.alpha_prev
         sa, sb = a**0.5, (1 - a) ** 0.5
         if self.prediction_type == "epsilon":
@@ -127,4 +175,4 @@ class OneStepScheduler:
             eps = (sample - sa * x0) / sb
         if self.c_skip or self.c_out != 1.0:
             x0 = self.c_skip * sample + self.c_out * x0
-        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * (eps if noise is None else noise)

@@ -296,8 +296,11 @@ def test_api_progress_and_sample_rates_that_cannot_work_are_one_line(tmp_path):
     assert not (tmp_path / "v.mp4").exists()
 
 
-@pytest.mark.parametrize("scheduler,needle", [("nope", "unknown scheduler 'nope'"), ("tcd:", "no timestep after tcd:"),
-                                              ("tcd:soon", "must be a whole number, got 'soon'"),
-                                              ("lcm:1000", "must be from 0 to 999, got 1000")])
-def test_a_bad_scheduler_is_one_line(tmp_path, scheduler, needle):
-    refused(tmp_path, [str(TRUMPET), "-p", "x", "--scheduler", scheduler], needle)
+@pytest.mark.parametrize("args,needle", [(["--scheduler", "nope"], "unknown scheduler 'nope'"),
+                                         (["--scheduler", "tcd:"], "no timestep after tcd:"),
+                                         (["--scheduler", "tcd:soon"], "must be a whole number, got 'soon'"),
+                                         (["--scheduler", "lcm:1000"], "must be from 0 to 999, got 1000"),
+                                         (["--steps", "3"], "3 steps need the LCM scheduler"),
+                                         (["--scheduler", "lcm", "--steps", "0"], "steps must be a whole number from 1 to 8")])
+def test_a_bad_scheduler_is_one_line(tmp_path, args, needle):
+    refused(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)

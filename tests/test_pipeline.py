@@ -31,9 +31,9 @@ def diffusers_images(folder, latents_nhwc, prompt, vae_large=False, output_type=
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,
-                   height=latents_nhwc.shape[1] * 8, width=latents_nhwc.shape[2] * 8,
-                   guidance_scale=0.0, output_type=output_type, **call).images
+        call = {"num_inference_steps": 1, **call}
+        out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), height=latents_nhwc.shape[1] * 8,
+                   width=latents_nhwc.shape[2] * 8, guidance_scale=0.0, output_type=output_type, **call).images
     if output_type == "latent":
         return out.numpy().transpose(0, 2, 3, 1)
     return (out * 255).round().astype(np.uint8)
@@ -133,6 +133,38 @@ def test_one_step_lora_schedulers_match_diffusers(tmp_path, scheduler, timestep,
     print(f"{name}: denoised latents {err:.1e} (the checkpoint's own scheduler: {rel_l2(plain, expected):.1e}); "
           f"{frac:.4%} of pixels within 1/255")
     assert err <= 1e-5 and rel_l2(plain, expected) > 100 * err and frac >= 0.999
+
+
+def test_lcm_in_several_steps_matches_diffusers(tmp_path, monkeypatch):
+    """LCM-LoRA's sampling in 4 steps (timesteps 999, 759, 499, 259 from its 50-step grid): each step's output
+    noised again to the next timestep, here with the frame's own starting noise. diffusers draws fresh noise
+    there, so its draw is replaced by the same noise for the comparison."""
+    import diffusers.schedulers.scheduling_lcm as lcm
+    from reference import small_kl_checkpoint
+
+    from mlx_musicviz.errors import MusicvizError
+
+    src, converted = small_kl_checkpoint(tmp_path, "sd15", "openai", "<|endoftext|>", "sdxs-512-dreamshaper", seed=6)
+    pipe = load_pipeline(converted, scheduler="lcm", steps=4)
+    assert [s.timestep for s in pipe.scheduler_steps] == [999, 759, 499, 259]
+    assert pipe.record["scheduler"] == {"class_name": "LCMScheduler", "timestep": 999, "steps": 4}
+    latents = np.random.default_rng(8).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    monkeypatch.setattr(lcm, "randn_tensor", lambda shape, **kw: nchw(latents)[: shape[0]])
+    expected = diffusers_images(src, latents, PROMPT, output_type="latent", scheduler="LCMScheduler",
+                                num_inference_steps=4)
+    got = np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
+    one = np.array(load_pipeline(converted, scheduler="lcm").denoise(mx.array(latents), pipe.encode_prompt(PROMPT)))
+    frac = pixels_within(np.array(pipe.text_to_image(PROMPT, mx.array(latents))),
+                         diffusers_images(src, latents, PROMPT, scheduler="LCMScheduler", num_inference_steps=4))
+    err = rel_l2(got, expected)
+    print(f"LCM in 4 steps: denoised latents {err:.1e} (in one step: {rel_l2(one, expected):.1e}); "
+          f"{frac:.4%} of pixels within 1/255")
+    assert err <= 1e-5 and rel_l2(one, expected) > 100 * err and frac >= 0.999
+    for scheduler, steps, needle in ((None, 4, "need the LCM scheduler"), ("tcd", 2, "need the LCM scheduler"),
+                                     ("lcm:800", 2, "either a timestep"), ("lcm", 9, "from 1 to 8"),
+                                     ("lcm", "4", "whole number")):
+        with pytest.raises(MusicvizError, match=needle):
+            load_pipeline(converted, scheduler=scheduler, steps=steps)
 
 
 @pytest.mark.slow
