@@ -113,12 +113,13 @@ def lora_weights(unet: nn.Module) -> dict[str, mx.array]:
 
 
 def denoising_loss(unet, latents: mx.array, noise: mx.array, timesteps: mx.array, embeds: mx.array,
-                   alphas_cumprod: mx.array, prediction_type: str = "epsilon") -> mx.array:
-    """Mean squared error of the UNet's prediction for latents noised to `timesteps` (NHWC)."""
+                   alphas_cumprod: mx.array, prediction_type: str = "epsilon", added_cond=None) -> mx.array:
+    """Mean squared error of the UNet's prediction for latents noised to `timesteps` (NHWC); `added_cond`:
+    SDXL's (pooled embeddings, time ids), as the UNet takes them."""
     a = alphas_cumprod[timesteps][:, None, None, None]
     noisy = mx.sqrt(a) * latents + mx.sqrt(1 - a) * noise
     target = noise if prediction_type == "epsilon" else mx.sqrt(a) * noise - mx.sqrt(1 - a) * latents
-    return mx.mean(mx.square(unet(noisy, timesteps, embeds) - target))
+    return mx.mean(mx.square(unet(noisy, timesteps, embeds, added_cond=added_cond) - target))
 
 
 # -- the training images --------------------------------------------------------------------------------
@@ -301,14 +302,13 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
         warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
     if pipe.quantization:
         raise MusicvizError("a quantized model cannot be trained: use its float checkpoint")
-    if pipe.text_encoder_2 is not None:
-        raise MusicvizError("train-lora does not train SDXL models yet: use an SDXS, SD-Turbo or SD1.5 model")
     with differentiable():  # mlx's own operations throughout: the CPU fast paths have no gradients
         latents = mx.concatenate([pipe.encode_images(mx.array(pixels[i:i + 4])) for i in range(0, len(pixels), 4)])
         unique = sorted(set(texts))
-        table = pipe.encode_prompt(unique)
-        embeds = table[mx.array([unique.index(t) for t in texts])]
-        mx.eval(latents, embeds)
+        table, pooled = pipe.split_prompt_embeds(pipe.encode_prompt(unique))  # pooled: SDXL's, else None
+        rows = mx.array([unique.index(t) for t in texts])
+        embeds, pooled = table[rows], (None if pooled is None else pooled[rows])
+        mx.eval(latents, embeds, pooled)
         layers = add_lora(pipe.unet, rank, seed)
         fresh = tree_flatten(pipe.unet.trainable_parameters())  # the LoRA before any step
         fingerprint = _fingerprint(pipe, settings, paths, pixels, texts)
@@ -328,8 +328,9 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
                 + (f"; resuming at step {start} of {steps} from {folder}" if start else ""))
         ac = mx.array(alphas_cumprod(pipe.scheduler.config))
         prediction = pipe.scheduler.prediction_type
-        loss_and_grad = nn.value_and_grad(pipe.unet, lambda x0, eps, t, emb: denoising_loss(
-            pipe.unet, x0, eps, t, emb, ac, prediction))
+        time_ids = mx.array([[resolution, resolution, 0, 0, resolution, resolution]] * batch_size, dtype=mx.float32)
+        loss_and_grad = nn.value_and_grad(pipe.unet, lambda x0, eps, t, emb, cond: denoising_loss(
+            pipe.unet, x0, eps, t, emb, ac, prediction, cond))
         losses, kept = [], start
         try:
             for step in range(start, steps):
@@ -337,7 +338,8 @@ def train_lora(images, output, model="IDKiro/sdxs-512-0.9", *, prompt: str | Non
                 pick = mx.array(rng.integers(0, len(paths), batch_size))
                 t = mx.array(rng.integers(0, len(ac), batch_size))
                 eps = mx.array(rng.standard_normal((batch_size, *latents.shape[1:])).astype(np.float32))
-                loss, grads = loss_and_grad(latents[pick], eps, t, embeds[pick])
+                cond = None if pooled is None else (pooled[pick], time_ids)  # SDXL: the image size, uncropped
+                loss, grads = loss_and_grad(latents[pick], eps, t, embeds[pick], cond)
                 optimizer.update(pipe.unet, grads)
                 mx.eval(pipe.unet.trainable_parameters(), optimizer.state, loss)
                 losses.append(loss.item())

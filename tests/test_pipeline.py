@@ -252,12 +252,15 @@ def test_bad_shapes_and_dtypes_are_named_before_the_model_runs():
         load_pipeline("random:tiny", dtype=mx.int32)
 
 
-def sdxl_images(folder, latents_nhwc, prompt, output_type="np"):
+def sdxl_images(folder, latents_nhwc, prompt, output_type="np", lora=None):
     """diffusers' StableDiffusionXLPipeline(num_inference_steps=1, guidance_scale=0): uint8 NHWC images,
-    or with output_type="latent" the denoised latents (NHWC)."""
+    or with output_type="latent" the denoised latents (NHWC); with `lora`, that file loaded by
+    `load_lora_weights`."""
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         out = pipe([prompt] * latents_nhwc.shape[0], latents=nchw(latents_nhwc), num_inference_steps=1,

@@ -36,46 +36,70 @@ def _mlx_name(peft_name: str) -> str:
     return peft_name.replace(".default.weight", "")  # ...to_q.lora_A.default.weight -> ...to_q.lora_A
 
 
-def test_one_steps_lora_gradients_match_peft(small_checkpoint):
-    """The same small UNet, LoRA (rank 4, random A and B), batch, timesteps and noise: the loss and
-    every LoRA matrix's gradient against PyTorch, the noised latents made by diffusers' DDPMScheduler."""
+def _gradients(checkpoint: dict, layer_count: int):
+    """The same small UNet, LoRA (rank 4, random A and B), batch, timesteps and noise (and for SDXL pooled
+    embeddings and time ids): (MLX loss, PyTorch loss, {matrix: relative L2 of its gradient}, MLX gradients),
+    the noised latents made by diffusers' DDPMScheduler."""
     from diffusers import DDPMScheduler
     from mlx.utils import tree_flatten, tree_unflatten
 
     from mlx_musicviz.ops import differentiable
     from mlx_musicviz.scheduler import alphas_cumprod
 
-    ref = _peft_unet(small_checkpoint, 4, 0)
-    pipe = load_pipeline(small_checkpoint["mlx"])
+    ref = _peft_unet(checkpoint, 4, 0)
+    pipe = load_pipeline(checkpoint["mlx"])
     layers = add_lora(pipe.unet, 4)
     lora = {_mlx_name(n): p for n, p in ref.named_parameters() if "lora_" in n}
-    assert len(layers) * 2 == len(lora) == 144  # 72 attention projections
+    assert len(layers) * 2 == len(lora) == layer_count * 2
     pipe.unet.update(tree_unflatten([(k, mx.array(v.detach().numpy())) for k, v in lora.items()]))
 
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((2, 16, 16, 4)).astype(np.float32)
     eps = rng.standard_normal((2, 16, 16, 4)).astype(np.float32)
-    emb = rng.standard_normal((2, 77, 64)).astype(np.float32)
+    emb = rng.standard_normal((2, 77, pipe.unet.config.cross_attention_dim)).astype(np.float32)
     t = np.array([30, 870])
+    added = None
+    if pipe.text_encoder_2 is not None:
+        added = (rng.standard_normal((2, pipe.text_encoder_2.config.projection_dim)).astype(np.float32),
+                 np.array([[128, 128, 0, 0, 128, 128]] * 2, np.float32))
     scheduler = DDPMScheduler.from_config({k: v for k, v in pipe.scheduler.config.to_dict().items() if k != "class_name"})
     noisy = scheduler.add_noise(nchw(x0), nchw(eps), torch.from_numpy(t))
-    loss_ref = torch.nn.functional.mse_loss(ref(noisy, torch.from_numpy(t), torch.from_numpy(emb)).sample, nchw(eps))
+    kwargs = {} if added is None else {"added_cond_kwargs": {"text_embeds": torch.from_numpy(added[0]),
+                                                             "time_ids": torch.from_numpy(added[1])}}
+    out = ref(noisy, torch.from_numpy(t), torch.from_numpy(emb), **kwargs).sample
+    loss_ref = torch.nn.functional.mse_loss(out, nchw(eps))
     loss_ref.backward()
 
     ac = mx.array(alphas_cumprod(pipe.scheduler.config))
+    cond = None if added is None else tuple(map(mx.array, added))
     with differentiable():
         import mlx.nn as nn
 
-        loss, grads = nn.value_and_grad(pipe.unet, lambda *a: denoising_loss(pipe.unet, *a, ac))(
+        loss, grads = nn.value_and_grad(pipe.unet, lambda *a: denoising_loss(pipe.unet, *a, ac, added_cond=cond))(
             mx.array(x0), mx.array(eps), mx.array(t), mx.array(emb))
     grads = dict(tree_flatten(grads))
+    return loss, loss_ref, {k: rel_l2(np.array(grads[k]), p.grad.numpy()) for k, p in lora.items()}, grads
+
+
+def test_one_steps_lora_gradients_match_peft(small_checkpoint):
+    """The loss and every LoRA matrix's gradient against PyTorch + peft (see `_gradients`)."""
+    loss, loss_ref, errors, grads = _gradients(small_checkpoint, 72)  # 72 attention projections
     assert abs(loss.item() / loss_ref.item() - 1) < 1e-5
-    errors = {k: rel_l2(np.array(grads[k]), p.grad.numpy()) for k, p in lora.items()}
     worst = max(errors, key=errors.get)
     print(f"loss {loss.item():.6f} (PyTorch {loss_ref.item():.6f}); LoRA gradients: worst relative L2 "
           f"{errors[worst]:.1e} ({worst}), median {np.median(list(errors.values())):.1e}")
     assert errors[worst] <= 1e-4
     assert min(np.linalg.norm(np.array(g)) for g in grads.values()) > 0  # every matrix learns
+
+
+def test_sdxl_lora_gradients_match_peft(tmp_path):
+    """SDXL's layout: the same with its added conditioning (pooled embeddings and time ids) in the loss."""
+    from reference import small_sdxl_checkpoint
+
+    src, converted = small_sdxl_checkpoint(tmp_path, seed=33)
+    loss, loss_ref, errors, _ = _gradients({"diffusers": src, "mlx": converted}, 136)
+    print(f"SDXL: loss {loss.item():.6f} (PyTorch {loss_ref.item():.6f}); worst gradient {max(errors.values()):.1e}")
+    assert abs(loss.item() / loss_ref.item() - 1) < 1e-5 and max(errors.values()) <= 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -130,16 +154,20 @@ def test_training_on_real_tiles_lowers_the_loss(tiles, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the checkpoint folder is gone
 
 
-@pytest.mark.parametrize("family", ["sdxs", "sd-turbo"])
+@pytest.mark.parametrize("family", ["sdxs", "sd-turbo", "sdxl"])
 def test_the_file_loads_in_diffusers_and_here_and_changes_the_image(small_checkpoint, tiles, tmp_path, family):
     """A LoRA trained on a small checkpoint (SDXS's layout, images encoded by its tiny VAE; SD-Turbo's,
-    by its KL VAE's encoder), loaded by diffusers' load_lora_weights and by --lora: the same image
-    (within 1/255), different from the model's without it."""
-    from reference import small_kl_checkpoint
-    from test_pipeline import diffusers_images, pixels_within
+    by its KL VAE's encoder; SDXL's, conditioned on both text encoders and the pooled embedding), loaded
+    by diffusers' load_lora_weights and by --lora: the same image (within 1/255), different from the
+    model's without it."""
+    from reference import small_kl_checkpoint, small_sdxl_checkpoint
+    from test_pipeline import diffusers_images, pixels_within, sdxl_images
 
     if family == "sdxs":
         src, converted = small_checkpoint["diffusers"], small_checkpoint["mlx"]
+    elif family == "sdxl":
+        src, converted = small_sdxl_checkpoint(tmp_path, seed=31)
+        diffusers_images = sdxl_images  # noqa: F811 - SDXL's pipeline
     else:
         src, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=30)
     lora = train_lora(tiles, tmp_path / "small.safetensors", converted, prompt=PROMPT, rank=4,

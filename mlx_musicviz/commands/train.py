@@ -13,7 +13,7 @@ from ..cli import friendly_errors, main
 @click.argument("folder", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The LoRA file to write (.safetensors).")
 @click.option("--model", default="IDKiro/sdxs-512-0.9", show_default=True,
-              help="Hub repo id, diffusers folder, converted folder, or random:NAME; a float model (SDXS, SD-Turbo, SD1.5; not SDXL yet).")
+              help="Hub repo id, diffusers folder, converted folder, or random:NAME; a float model of any family.")
 @click.option("-p", "--prompt", default=None, help="The caption of every image (this or --captions).")
 @click.option("--captions", type=click.Path(), default=None,
               help="A JSON file: image file name -> caption (this or --prompt).")
