@@ -54,7 +54,8 @@ class TorchReference:
         from mlx_musicviz.random_models import random_configs
 
         if not name.startswith("random:"):
-            raise MusicvizError("the PyTorch reference builds random:NAME architectures; give --model random:NAME")
+            raise MusicvizError("the PyTorch reference builds random:NAME architectures; give --model random:NAME, or "
+                                "--no-reference to time this model without PyTorch")
         configs, pads = random_configs(name[len("random:"):])
         tiny = configs["vae"]["_class_name"] == "AutoencoderTiny"  # SDXS; else the model's vae/ is its KL VAE
         vae = ("tiny" if tiny else "large") if vae == "auto" else vae

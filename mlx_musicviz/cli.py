@@ -80,7 +80,7 @@ def friendly_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="musicviz-mlx")
 def main():
-    """Music videos from a song and a prompt, with one-step diffusion (SDXS, SD-Turbo) in MLX.
+    """Music videos from a song and a prompt, with one-step diffusion (SDXS, SD-Turbo, SDXL-Turbo) in MLX.
 
     \b
     Examples:
@@ -130,7 +130,7 @@ def _image_options(fn):
     the note prompts."""
     return _options(fn, [
         click.option("--model", default=None, show_default="IDKiro/sdxs-512-0.9",
-                     help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, sdxs-512-0.9, sd-turbo, ...)."),
+                     help="Hub repo id, diffusers folder, converted folder, or random:NAME (tiny, tiny-sdxl, sdxs-512-0.9, sd-turbo, sdxl-turbo, ...)."),
         click.option("--size", default="512", show_default=True,
                      help="Frame size: 512 (square) or WIDTHxHEIGHT, e.g. 768x448; multiples of 64, at most 1024x1024 pixels."),
         LORA_OPTION,
@@ -167,9 +167,18 @@ def _render_options(fn):
 def _warn_random(model) -> None:
     """The random-weights warning, for commands with no result's warnings to print (a render has it
     in its result's warnings, printed once it is finished)."""
+    from pathlib import Path
+
+    from .checkpoint_format import read_record
     from .rendering import RANDOM_WEIGHTS_WARNING
 
-    if str(model).startswith("random:"):
+    source = str(model)
+    if not source.startswith("random:") and Path(source).is_dir():  # a checkpoint converted from random weights
+        try:
+            source = str((read_record(Path(source)) or {}).get("source", ""))
+        except MusicvizError:
+            return
+    if source.startswith("random:"):
         click.echo(f"warning: {RANDOM_WEIGHTS_WARNING}", err=True)
 
 

@@ -39,6 +39,8 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
         name = str(dtype).removeprefix("mlx.core.")
         warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
                       "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
+    if isinstance(loras, (str, os.PathLike)):  # one LoRA given bare, not in a list
+        loras = [loras]
     if loras:  # fused into float weights, then quantized in memory
         pipe = load_pipeline(path_or_repo, dtype, revision)
         from .lora import lora_argument

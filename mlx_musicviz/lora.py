@@ -92,15 +92,16 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return {k: np.array(v.astype(mx.float32)) for k, v in weights.items()}, dict(metadata or {})
 
 
-def _split(key: str) -> tuple[str, str, bool, str, str]:
-    """(component, module, underscored, kind, key) of one tensor's key; raises on a key of no known form."""
+def _split(key: str, path) -> tuple[str, str, bool, str, str]:
+    """(component, module, underscored, kind, key) of one tensor's key in the file `path`; raises on a key
+    of no known form."""
     for prefix, component, underscored in _PREFIXES:
         if key.startswith(prefix):
             for suffix, kind in _SUFFIXES:
                 if key.endswith(suffix):
                     module = key[len(prefix):-len(suffix)].removesuffix(".processor")
                     return component, module, underscored, kind, key
-    raise MusicvizError(f"not a LoRA key this project reads (diffusers/PEFT or kohya format): {key}")
+    raise MusicvizError(f"{path}: not a LoRA key this project reads (diffusers/PEFT or kohya format): {key}")
 
 
 def _alpha(metadata: dict, component: str, module: str) -> tuple[float | None, bool]:
@@ -181,7 +182,9 @@ def read_lora(path, names: dict[str, set[str]]) -> dict[str, dict[str, LoraLayer
     parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     tables: dict[tuple[str, bool], dict[str, str]] = {}
     for key, value in sorted(tensors.items()):  # the first mismatch named is the same every time
-        component, module, underscored, kind, _ = _split(key)
+        component, module, underscored, kind, _ = _split(key, path)
+        if component not in names:
+            raise MusicvizError(f"{path} changes the {component}, which this model does not have")
         if (component, underscored) not in tables:
             tables[component, underscored] = _aliases(names.get(component, ()), underscored)
         table = tables[component, underscored]

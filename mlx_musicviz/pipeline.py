@@ -213,10 +213,7 @@ class Pipeline:
         `split_prompt_embeds`): 77 rows of both encoders' penultimate hidden states side by side (D = 768
         + 1280), then the second encoder's pooled projection (P = 1280) zero-padded to D. The walkers mix
         embeddings row by row, so the pooled embedding walks with the tokens."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not len(prompts):
-            raise MusicvizError("no prompts to encode")
+        prompts = _prompt_list(prompts)
         if self.text_encoder_2 is None:
             return self.text_encoder(self.tokenize(prompts)).last_hidden_state
         first = self.text_encoder(self.tokenize(prompts)).penultimate_hidden_state
@@ -229,26 +226,58 @@ class Pipeline:
     def split_prompt_embeds(self, prompt_embeds: mx.array) -> tuple[mx.array, mx.array | None]:
         """(prompt_embeds, pooled_prompt_embeds) as diffusers names them: SDXL's (N, 77, D) and (N, P)
         from `encode_prompt`'s (N, 78, D); other models' embeddings and None."""
+        self._check_embeds(prompt_embeds)
         if self.text_encoder_2 is None:
             return prompt_embeds, None
         return prompt_embeds[:, :-1], prompt_embeds[:, -1, : self.text_encoder_2.config.projection_dim]
+
+    def join_prompt_embeds(self, prompt_embeds: mx.array, pooled_prompt_embeds: mx.array) -> mx.array:
+        """SDXL: diffusers' `prompt_embeds` (N, 77, D) and `pooled_prompt_embeds` (N, P) as the one
+        (N, 78, D) array `encode_prompt` returns and `generate` takes (`split_prompt_embeds` undoes it)."""
+        if self.text_encoder_2 is None:
+            raise MusicvizError("join_prompt_embeds is for SDXL models (two text encoders); this one takes "
+                                "prompt_embeds alone")
+        p, d = self.text_encoder_2.config.projection_dim, self.unet.config.cross_attention_dim
+        for name, value, shape in (("prompt_embeds", prompt_embeds, f"(N, 77, {d})"),
+                                   ("pooled_prompt_embeds", pooled_prompt_embeds, f"(N, {p})")):
+            if not isinstance(value, mx.array):
+                raise MusicvizError(f"{name} must be an mx.array {shape}, not {type(value).__name__}")
+        if (prompt_embeds.ndim != 3 or prompt_embeds.shape[1:] != (77, d) or pooled_prompt_embeds.shape
+                != (prompt_embeds.shape[0], p)):
+            raise MusicvizError(f"prompt_embeds must be (N, 77, {d}) and pooled_prompt_embeds (N, {p}), got "
+                                f"{tuple(prompt_embeds.shape)} and {tuple(pooled_prompt_embeds.shape)}")
+        row = mx.pad(pooled_prompt_embeds.astype(prompt_embeds.dtype), [(0, 0), (0, d - p)])[:, None]
+        return mx.concatenate([prompt_embeds, row], axis=1)
+
+    def _check_embeds(self, prompt_embeds) -> None:
+        """MusicvizError unless `prompt_embeds` are (N, tokens, D) of this model's width, and for SDXL 78
+        rows (77 tokens and the pooled row)."""
+        d = self.unet.config.cross_attention_dim
+        if not isinstance(prompt_embeds, mx.array):
+            raise MusicvizError(f"prompt_embeds must be an mx.array (encode_prompt's output), not "
+                                f"{type(prompt_embeds).__name__}")
+        sdxl = self.text_encoder_2 is not None
+        rows = self.tokenizer.model_max_length + 1 if sdxl else None
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != d or (sdxl and prompt_embeds.shape[1] != rows):
+            wanted = f"(N, {rows}, {d}): 77 token rows and the pooled row (join_prompt_embeds makes them from " \
+                     "diffusers' two)" if sdxl else f"(N, tokens, {d})"
+            raise MusicvizError(f"prompt_embeds must be {wanted}, as encode_prompt returns, got {tuple(prompt_embeds.shape)}")
 
     def check_inputs(self, latents: mx.array, prompt_embeds: mx.array) -> None:
         """MusicvizError unless `latents` are (N, h, w, C) latents this UNet takes (h and w multiples
         of 8: images of multiples of 64 pixels) and `prompt_embeds` (N or 1, tokens, D) its text width.
         Shapes only: mlx's own errors for these name a convolution deep inside the model."""
         s = self.latent_multiple
-        c, d = self.latent_channels, self.unet.config.cross_attention_dim
-        for name, value in (("latents", latents), ("prompt_embeds", prompt_embeds)):
-            if not isinstance(value, mx.array):
-                raise MusicvizError(f"{name} must be an mx.array (mx.array(x) makes one), not {type(value).__name__}")
+        c = self.latent_channels
+        if not isinstance(latents, mx.array):
+            raise MusicvizError(f"latents must be an mx.array (mx.array(x) makes one), not {type(latents).__name__}")
         if latents.ndim != 4 or latents.shape[3] != c or latents.shape[1] % s or latents.shape[2] % s or not latents.size:
             raise MusicvizError(f"latents must be (N, h, w, {c}) with h and w multiples of {s} "
                                 f"(images of multiples of {s * self.vae_scale_factor} pixels), got {tuple(latents.shape)}")
-        if (prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != d or prompt_embeds.shape[0] not in (1, latents.shape[0])
-                or prompt_embeds.shape[1] < 2):
-            raise MusicvizError(f"prompt_embeds must be (N or 1, tokens, {d}) for {latents.shape[0]} latents "
-                                f"(encode_prompt's output), got {tuple(prompt_embeds.shape)}")
+        self._check_embeds(prompt_embeds)
+        if prompt_embeds.shape[0] not in (1, latents.shape[0]):
+            raise MusicvizError(f"{prompt_embeds.shape[0]} prompt embeddings for {latents.shape[0]} latents: give one "
+                                "for each, or one for all")
 
     def denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         """One UNet call at the scheduler's timestep and the scheduler's step (LCM's several: one each);
@@ -296,9 +325,10 @@ class Pipeline:
             return self.vae if vae == "tiny" else self.vae_large
         if vae == "tiny":
             if self.vae_tiny is None:
+                taesd = "madebyollin/taesdxl" if self.text_encoder_2 is not None else "madebyollin/taesd"
                 raise MusicvizError(f"model {self.folder or self.record.get('source')} has no tiny VAE (its vae/ is an "
-                                    "AutoencoderKL): use --vae large or auto, or add one with `convert MODEL DST "
-                                    "--tiny-vae madebyollin/taesd` (taesdxl for SDXL)")
+                                    f"AutoencoderKL): use --vae large or auto, or add one with `convert MODEL DST "
+                                    f"--tiny-vae {taesd}`")
             return self.vae_tiny
         return self.vae
 
@@ -338,8 +368,13 @@ class Pipeline:
 
     def text_to_image(self, prompt: str | list[str], latents: mx.array, vae: str = "auto") -> mx.array:
         """One still per latent: `latents` unit-variance noise (N, h, w, C), as diffusers' `latents=`
-        before the scheduler scales them -> uint8 (N, 8h, 8w, 3). The same for every model family."""
-        return self.generate(latents, self.encode_prompt(prompt), vae)
+        before the scheduler scales them -> uint8 (N, 8h, 8w, 3); one prompt for all, or one each. The same
+        for every model family."""
+        prompts = _prompt_list(prompt)
+        if isinstance(latents, mx.array) and latents.ndim == 4 and len(prompts) not in (1, latents.shape[0]):
+            raise MusicvizError(f"{len(prompts)} prompts for {latents.shape[0]} latents: give one prompt for all, "
+                                "or one for each")
+        return self.generate(latents, self.encode_prompt(prompts), vae)
 
     def generate(self, latents: mx.array, prompt_embeds: mx.array, vae: str = "auto") -> mx.array:
         """Initial noise latents (N, h, w, C) and embeddings (N or 1, 77, D) -> uint8 (N, 8h, 8w, 3)."""
@@ -361,6 +396,17 @@ def _load_component(folder: Path, name: str, dtype):
         apply_plan(module, plan, quantize_weights=False)
         set_compute(module, "auto", dtype)
     return load_into(module, weights, str(path / WEIGHTS_NAME), dtype)
+
+
+def _prompt_list(prompts) -> list[str]:
+    """A prompt or a list of prompts as a non-empty list of strings; MusicvizError otherwise."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise MusicvizError(f"a prompt is a string, or a list of strings, not {prompts!r:.60}")
+    if not prompts:
+        raise MusicvizError("no prompts to encode")
+    return list(prompts)
 
 
 def _component_dtype(config: dict, dtype):

@@ -180,7 +180,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
             raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
         check_scheduler(scheduler, steps)
         if not isinstance(cadence, (int, np.integer)) or cadence < 1:
-            raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence}")
+            raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence!r}")
         output = default_output(audio) if output is None else output
         if same_file(output, audio):
             raise MusicvizError(f"the output {output} is the song itself: name another output")

@@ -387,6 +387,8 @@ class SegmentedVideo:
             if self.paths:
                 exc.add_note(f"{self.frames_done} frames are kept in {self.folder}: run the same render again "
                              "to continue from there")
+            elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM: say why nothing is kept
+                exc.add_note("no frames kept yet (a segment is kept every 10 s of video or minute of work)")
         self._unlock()  # also where the block ended without finishing
         return False
 

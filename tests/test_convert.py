@@ -146,7 +146,18 @@ def test_convert_tiny_vae_refusals_are_one_line(small_checkpoint, tmp_path):
     cases = [(small_checkpoint["mlx"], DATA / "weights" / "taef2", "already a tiny VAE (SDXS)"),
              (kl, DATA / "weights" / "taef2", "takes 32-channel latents; this model's UNet makes 4"),
              (kl, tmp_path / "no-such-taesd", "not found")]
+    from safetensors.numpy import save_file
+
+    (tmp_path / "fake").mkdir()
+    for part in ("encoder", "decoder"):  # TAESD names, other tensors
+        save_file({"conv_in.weight": np.zeros((4, 4), np.float32)}, str(tmp_path / "fake" / f"taesd_{part}.safetensors"))
+    cases += [(kl, tmp_path / "fake", "the decoder file is not a TAESD decoder"),
+              (kl, tmp_path / "fake" / "taesd_decoder.safetensors", "the decoder file is not a TAESD decoder")]
+    (tmp_path / "plain.safetensors").write_bytes((tmp_path / "fake" / "taesd_decoder.safetensors").read_bytes())
+    cases.append((kl, tmp_path / "plain.safetensors", "is not a tiny VAE this project reads"))
     for src, tiny, needle in cases:
         result = run_cli("convert", src, tmp_path / "out", "--tiny-vae", tiny)
         assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "out").exists()
+    result = run_cli("convert", kl, tmp_path / "out", "--bits", "8", "--quantize", "unet,vae_large")
+    assert result.exit_code == 1 and "cannot quantize vae_large: this model has no vae_large/" in result.stderr

@@ -160,6 +160,13 @@ def test_loras_that_do_not_fit_are_one_clear_error(small_checkpoint, lora_files,
                "lora_unet_no_such_layer.lora_up.weight": np.zeros((4, 2), np.float32)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(MusicvizError, match="lora_unet_no_such_layer.lora_down.weight names no layer of its unet"):
         load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "other.safetensors"])
+    save_file({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": np.zeros((2, 4), np.float32)},
+              str(tmp_path / "sdxl.safetensors"))  # SDXL's second text encoder, on a model with one
+    with pytest.raises(MusicvizError, match="changes the text_encoder_2, which this model does not have"):
+        load_pipeline(small_checkpoint["mlx"], loras=str(tmp_path / "sdxl.safetensors"))  # one LoRA, given bare
+    save_file({"foo": np.zeros(2, np.float32)}, str(tmp_path / "foo.safetensors"))
+    with pytest.raises(MusicvizError, match="foo.safetensors: not a LoRA key this project reads .*: foo"):
+        load_pipeline(small_checkpoint["mlx"], loras=[tmp_path / "foo.safetensors"])
     with pytest.raises(MusicvizError, match="LoRA scale must be a finite number"):
         load_pipeline(small_checkpoint["mlx"], loras=[(lora_files["kohya"], "strong")])
     with pytest.raises(MusicvizError, match="LoRA scale 1e\\+30 is out of range"):

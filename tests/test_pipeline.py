@@ -243,11 +243,28 @@ def test_bad_shapes_and_dtypes_are_named_before_the_model_runs():
                 call(latents, emb)
     for embeds in (emb[0], emb[..., :-1], mx.concatenate([emb, emb, emb])):
         for call in (pipe.generate, pipe.denoise):
-            with pytest.raises(MusicvizError, match="prompt_embeds must be"):
+            with pytest.raises(MusicvizError, match="prompt_embeds must be|3 prompt embeddings for 2 latents"):
                 call(mx.zeros((2, 8, 16, 4)), embeds)
     assert pipe.generate(mx.zeros((2, 8, 16, 4)), emb).shape == (2, 64, 128, 3)  # batch-1 embeddings are shared
     with pytest.raises(MusicvizError, match="no prompts"):
         pipe.encode_prompt([])
+    for prompts in (None, 3, [None], ["a", 5]):
+        with pytest.raises(MusicvizError, match="a prompt is a string, or a list of strings"):
+            pipe.encode_prompt(prompts)
+    with pytest.raises(MusicvizError, match="2 prompts for 1 latents"):
+        pipe.text_to_image(["a", "b"], mx.zeros((1, 8, 8, 4)))
+    # SDXL: the pooled row is part of the embeddings; diffusers' two arrays join into them
+    xl = load_pipeline("random:tiny-sdxl")
+    emb = xl.encode_prompt(["x", "y"])
+    tokens, pooled = xl.split_prompt_embeds(emb)
+    assert mx.array_equal(xl.join_prompt_embeds(tokens, pooled), emb).item()
+    for bad in (emb[:, :77], emb[..., :64], "x"):
+        with pytest.raises(MusicvizError, match=r"prompt_embeds must be"):
+            xl.generate(mx.zeros((2, 8, 8, 4)), bad) if isinstance(bad, mx.array) else xl.split_prompt_embeds(bad)
+    with pytest.raises(MusicvizError, match=r"must be \(N, 77, 128\) and pooled_prompt_embeds \(N, 32\)"):
+        xl.join_prompt_embeds(tokens, pooled[:, :8])
+    with pytest.raises(MusicvizError, match="join_prompt_embeds is for SDXL"):
+        pipe.join_prompt_embeds(tokens, pooled)
     with pytest.raises(MusicvizError, match="dtype must be"):
         load_pipeline("random:tiny", dtype=mx.int32)
 

@@ -122,3 +122,17 @@ def test_a_damaged_kept_segment_is_refused_at_the_join(tmp_path):
         with resumed:
             resumed.finish(np.zeros((1, 22050), np.float32), 22050)
     assert not target.exists()
+
+
+def test_an_interruption_before_any_segment_says_nothing_is_kept(tmp_path):
+    """Stopped before the first segment (every 10 s of video): the exception's note says no frames are kept
+    yet, and why, so the one line printed is not silent about it."""
+    from render_helpers import wav
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        render(str(wav(tmp_path / "s.wav", 2.0)), "x", output=tmp_path / "v.mp4", model="random:tiny", size=64, fps=4,
+               progress=stop)
+    assert stopped.value.__notes__ == ["no frames kept yet (a segment is kept every 10 s of video or minute of work)"]

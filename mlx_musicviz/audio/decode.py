@@ -16,6 +16,9 @@ def check_window(start: float | None, duration: float | None) -> None:
     """Raise MusicvizError unless start (seconds, >= 0) and duration (seconds, > 0) are valid or None.
 
     Negative values would otherwise slice from the end of the song, silently."""
+    for name, value in (("start", start), ("duration", duration)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))):
+            raise MusicvizError(f"{name} must be a number of seconds, got {value!r:.40}")
     if start is not None and not (np.isfinite(start) and start >= 0):
         raise MusicvizError(f"start must be a time in seconds from 0 on, got {start}")
     if duration is not None and not (np.isfinite(duration) and duration > 0):

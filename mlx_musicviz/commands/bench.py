@@ -58,7 +58,8 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds", "
                    "norms and activations, other), beside PyTorch's.")
 @click.option("--vae", type=click.Choice(["auto", "tiny", "large"]), default="auto", show_default=True,
               help="The VAE that decodes: auto (the tiny one where the model has one, else its KL VAE), tiny, or large (the "
-                   "KL VAE); quantized levels quantize SDXS's large one.")
+                   "KL VAE); quantized levels quantize the text encoders and UNet, and SDXS's large VAE when it decodes "
+                   "(tiny VAEs and KL models' own VAE stay float, as convert --bits leaves them).")
 @click.option("--quick", is_flag=True,
               help="A small run for CI: random:tiny at 128 px, batch 1 and 2, one run, with --layers, --profile and 3 s of live "
                    "at 8 fps (--vae and --group-size apply).")

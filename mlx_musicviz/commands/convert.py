@@ -16,9 +16,10 @@ from ..cli import LORA_OPTION, friendly_errors, main
 @click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
               help="Weights sharing one scale and bias.")
-@click.option("--quantize", "quantize_components", default="text_encoder,text_encoder_2,unet,vae_large",
-              show_default=True, help="Comma-separated components to quantize, those the model has (add vae for "
-              "the tiny VAE).")
+@click.option("--quantize", "quantize_components", default=None,
+              show_default="text_encoder,text_encoder_2,unet,vae_large: those the model has",
+              help="Comma-separated components to quantize: text_encoder, text_encoder_2 (SDXL), unet, vae (the "
+                   "tiny VAE of SDXS, the KL VAE of SD-Turbo and SDXL-Turbo), vae_large (SDXS's KL VAE).")
 @click.option("--mixed", is_flag=True, help="Keep conv_in, conv_out and the time embedding at 8 bits.")
 @click.option("--tiny-vae", default=None, metavar="SRC",
               help="Add a tiny VAE (TAESD) to a model with a KL VAE, for fast decoding (--vae auto then uses it): "
@@ -45,7 +46,10 @@ def convert(src, dst, dtype, revision, bits, group_size, quantize_components, mi
 
     if dst is None:
         dst = Path("weights") / Path(src.rstrip("/")).name.replace(":", "-")  # random:tiny -> random-tiny
-    quantize = tuple(c.strip() for c in quantize_components.split(",") if c.strip())
+    from ..convert.checkpoint import DEFAULT_QUANTIZED
+
+    quantize = DEFAULT_QUANTIZED if quantize_components is None else tuple(
+        c.strip() for c in quantize_components.split(",") if c.strip())
     out = convert_checkpoint(src, dst, dtype=dtype, revision=revision, bits=int(bits) if bits else None,
                              group_size=int(group_size), quantize=quantize, mixed=mixed, loras=loras, tiny_vae=tiny_vae)
     fused = f", {len(loras)} LoRA{'s' if len(loras) > 1 else ''} fused" if loras else ""

@@ -41,6 +41,7 @@ def live_command(song, prompt, input_device, model, size, fps, seed, loras, sche
       musicviz-mlx live --input list                               # the audio inputs
       musicviz-mlx live --input "MacBook Pro Microphone" -p "neon city"
     OBS, VLC or a VJ program can take the video from http://127.0.0.1:8765/stream.mjpg.
+    Frames decode with the fastest VAE the model has (the tiny one where it has one: render's --vae auto).
     """
     from ..pipeline import DEFAULT_MODEL
     from ..realtime import live

@@ -206,6 +206,9 @@ def convert_checkpoint(
         if not (folder / required).is_dir():
             raise MusicvizError(f"{folder} has no {required}/ folder: not a complete diffusers checkpoint")
     wanted = [c for c in COMPONENTS if (folder / c).is_dir() and (components is None or c in components)]
+    absent = [c for c in quantize if c not in wanted]
+    if bits and absent and tuple(quantize) != DEFAULT_QUANTIZED:  # the default list names what any model may have
+        raise MusicvizError(f"cannot quantize {absent[0]}: this model has no {absent[0]}/ (it has {', '.join(wanted)})")
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _folder_beside(dst)
@@ -363,11 +366,15 @@ def _taesd_pair(path: Path) -> tuple[Path | None, Path | None]:
     if "encoder" in path.name:
         sibling = path.with_name(path.name.replace("encoder", "decoder"))
         return path, (sibling if sibling.exists() else None)
-    raise MusicvizError(f"cannot tell whether {path} is a TAESD encoder or decoder (name it *_encoder / *_decoder)")
+    raise MusicvizError(f"{path} is not a tiny VAE this project reads: give a diffusers AutoencoderTiny folder (with its "
+                        "config.json) or TAESD files named *_encoder / *_decoder .safetensors")
 
 
-def taesd_config(encoder: dict | None, decoder: dict | None) -> TinyVAEConfig:
+def taesd_config(encoder: dict | None, decoder: dict | None, where: str = "TAESD") -> TinyVAEConfig:
     """Infer latent channels and the FLUX.2 mid-block variant from TAESD weights (torch layout)."""
+    for part, weights, first in (("decoder", decoder, "1.weight"), ("encoder", encoder, "0.weight")):
+        if weights is not None and (first not in weights or not all(k.split(".")[0].isdigit() for k in weights)):
+            raise MusicvizError(f"{where}: the {part} file is not a TAESD {part} (no numbered layers from {first})")
     if decoder is not None:
         latent = decoder["1.weight"].shape[1]
         gn = len({k.split(".")[0] for k in decoder if ".pool." in k})
@@ -391,14 +398,15 @@ def load_tiny_autoencoder(path: str | Path, dtype=mx.float32) -> AutoencoderTiny
         else:
             config, weights = convert_component(path)
         if class_name_of(config) != "AutoencoderTiny":
-            raise MusicvizError(f"{path} holds a {class_name_of(config)}, not an AutoencoderTiny")
+            name = class_name_of(config)
+            raise MusicvizError(f"{path} holds {'an' if name[0] in 'AEIOU' else 'a'} {name}, not an AutoencoderTiny")
         return load_into(build_model(config), weights, str(path), dtype)
     enc_path, dec_path = _taesd_pair(path)
     parts = {}
     for part, file in (("encoder", enc_path), ("decoder", dec_path)):
         if file is not None:
             parts[part] = load_safetensors(file)[0]
-    config = taesd_config(parts.get("encoder"), parts.get("decoder"))
+    config = taesd_config(parts.get("encoder"), parts.get("decoder"), str(enc_path or dec_path))
     model = AutoencoderTiny(config, encoder="encoder" in parts, decoder="decoder" in parts)
     weights = {}
     for part, state in parts.items():

@@ -249,9 +249,9 @@ def quantization_plan(model: nn.Module, bits: int, group_size: int = 64,
     the first matching pattern wins.
     """
     if bits not in BITS:
-        raise MusicvizError(f"bits must be one of {BITS}, not {bits}")
+        raise MusicvizError(f"bits must be one of {BITS}, not {bits!r}")
     if group_size not in GROUP_SIZES:
-        raise MusicvizError(f"group size must be one of {GROUP_SIZES}, not {group_size}")
+        raise MusicvizError(f"group size must be one of {GROUP_SIZES}, not {group_size!r}")
     plan = QuantizationPlan(group_size)
     for path, module in model.named_modules():
         length = _row_length(module)
