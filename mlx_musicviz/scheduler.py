@@ -60,8 +60,8 @@ def check_steps(scheduler: str | None, steps) -> int:
     if steps > 1:
         name, timestep = parse_scheduler(scheduler) if scheduler is not None else (None, None)
         if name != "LCMScheduler":
-            raise MusicvizError(f"{steps} steps need the LCM scheduler (--scheduler lcm, for LCM-LoRA): the other "
-                                "schedulers here take one step")
+            raise MusicvizError(f"{steps} steps need the LCM scheduler (scheduler \"lcm\", --scheduler lcm: LCM-LoRA's): "
+                                "the other schedulers here take one step")
         if timestep is not None:
             raise MusicvizError("give LCM either a timestep (lcm:T, one step) or several steps, not both")
     return int(steps)

@@ -295,8 +295,9 @@ def test_bad_clients_do_not_stop_the_server_and_mjpeg_serves_frames(tmp_path):
 
 def test_another_address_needs_the_token(tmp_path):
     """Off loopback the URL carries a token and this machine's network address, and requests without the
-    token are refused."""
-    with live_server(beat_song(tmp_path / "beat.wav", 4), "--host", "0.0.0.0") as (url, proc):
+    token are refused. (The server samples with LCM in 2 steps here: /stats says so.)"""
+    with live_server(beat_song(tmp_path / "beat.wav", 4), "--host", "0.0.0.0", "--scheduler", "lcm", "--steps",
+                     "2") as (url, proc):
         assert "?token=" in url
         port = re.search(r":(\d+)/", url)[1]
         token = url.split("token=")[1]
@@ -311,7 +312,9 @@ def test_another_address_needs_the_token(tmp_path):
 
         host = re.match(r"http://([^:/]+)", url)[1]
         assert host == (lan_address() or "0.0.0.0") and not host.startswith("127.")
-        assert get_json(stats_url(url))["clients"] == 0
+        stats = get_json(stats_url(url))
+        assert stats["clients"] == 0
+        assert stats["scheduler"] == {"class_name": "LCMScheduler", "timestep": 999, "steps": 2}, stats["scheduler"]
 
 
 def test_bad_input_is_one_line(tmp_path):

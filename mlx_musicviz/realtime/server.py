@@ -142,6 +142,8 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
             "stride": generator.frames.stride,
             "playhead_s": round(state.playhead, 3),
             "settings": vars(generator.frames.settings),
+            "scheduler": {"steps": len(generator.frames.pipe.scheduler_steps),
+                          **generator.frames.pipe.record.get("scheduler", {"timestep": generator.frames.pipe.scheduler.timestep})},
             "error": generator.error,
             **generator.analysis(),
         }
