@@ -203,8 +203,9 @@ class Pipeline:
             raise MusicvizError(f"image size {width}x{height} is not supported: use multiples of {s}")
         return (batch, height // self.vae_scale_factor, width // self.vae_scale_factor, self.latent_channels)
 
-    def tokenize(self, prompts: list[str]) -> mx.array:
-        return mx.array(self.tokenizer(list(prompts)), dtype=mx.int32)
+    def tokenize(self, prompts: list[str], tokenizer=None) -> mx.array:
+        """Token ids (N, 77) of `prompts` by `tokenizer` (default: the first one)."""
+        return mx.array((self.tokenizer if tokenizer is None else tokenizer)(list(prompts)), dtype=mx.int32)
 
     def encode_prompt(self, prompts: str | list[str]) -> mx.array:
         """Text embeddings (N, 77, D): the text encoder's last hidden state.
@@ -217,7 +218,7 @@ class Pipeline:
         if self.text_encoder_2 is None:
             return self.text_encoder(self.tokenize(prompts)).last_hidden_state
         first = self.text_encoder(self.tokenize(prompts)).penultimate_hidden_state
-        second = self.text_encoder_2(mx.array(self.tokenizer_2(list(prompts)), dtype=mx.int32))
+        second = self.text_encoder_2(self.tokenize(prompts, self.tokenizer_2))
         tokens = mx.concatenate([first, second.penultimate_hidden_state.astype(first.dtype)], axis=-1)
         pooled = second.text_embeds.astype(first.dtype)
         row = mx.pad(pooled, [(0, 0), (0, tokens.shape[-1] - pooled.shape[-1])])[:, None]
