@@ -262,6 +262,10 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     # The issue's split: analysis, walks, model, encoding (and the prompts' text encoding).
     times = data["render"]["times"]
     assert {"analysis", "prompts", "walks", "model", "encode"} <= set(times) and times["walks"] > 0 < times["model"]
+    # the start-up: fresh processes analyse the render's clip (2 s), with none of the heavy imports
+    startup = data["startup"]
+    assert startup["seconds"] == pytest.approx(2.0) and startup["runs"] == 3 and startup["heavy_modules"] == []
+    assert 0 < startup["import_s"] < startup["total_s"] and startup["analysis_s"] > 0
     assert all(r["text_encoder_s"] > 0 for r in data["rows"] + data["reference"])
     assert all(r["mlx_over_pytorch"]["text_encoder"] > 0 for r in data["reference"])
     # --quick includes --layers: every convolution and linear shape of the float32 UNet and VAE, both sides
@@ -295,6 +299,7 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path):
     assert live["displayed_fps"] <= 1.05 * live["fps"] and live["generated_fps"] > 0
     md = (out / "results.md").read_text()
     assert "Live (a simulated page plays the song" in md
+    assert "Start-up: a fresh process analyses 2.0 s of audio in" in md
     assert "| float32 | 1 |" in md
     assert "| 1 | vae | conv |" in md and "| 2 | unet | other |" in md and "largest gaps" in md
     assert "| 2 | attention core |" in md and "by kind of work" in md

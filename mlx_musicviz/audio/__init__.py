@@ -8,7 +8,9 @@ without a steady pulse gets no beat grid (`beat_confidence`).
 - features.py: `analyze` and `AudioFeatures`, the frame grid, sections, beats refined to attacks
 - spectral.py: the STFT features, block by block (hpss.py: its median filters; chroma.py: tuning, CQT chroma)
 - beats.py: tempo, the beat tracker, `beat_confidence`, onset salience
-- grid.py: the analysis rate, hop and window; numba_kernels.py: the compiled loops
+- onsets.py: onset peak picking and backtracking; segments.py: MFCCs and the sections' clustering
+- filters.py: librosa's windows, filter banks and conversions in numpy (the analysis imports no librosa or scipy)
+- grid.py: the analysis rate, hop and window; numba_kernels.py: the kernels, numba's or numpy's
 """
 
 from .beats import beat_confidence, onset_salience, track_beats

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .filters import hann
 from .grid import HOP, SAMPLE_RATE
-from .numba_kernels import fast_kernels
+from .numba_kernels import kernels
 
 BEAT_PRIOR_BPM = 120.0  # the tempo estimate's log-normal prior: its centre (librosa's default)
 
@@ -15,24 +16,23 @@ def _tempo(onset_env: np.ndarray, sr: int) -> float:
     """librosa.feature.tempo's estimate (BPM): a log-normal prior at 120 BPM on the autocorrelation of
     8 s Hann windows of the onset envelope, normalised and averaged over the song; computed in float32
     with a power-of-two FFT, a block of windows at a time, so a long song's tempogram is never held."""
-    import librosa
-    import scipy.fft
     from numpy.lib.stride_tricks import sliding_window_view
 
-    win = int(librosa.time_to_frames(8.0, sr=sr, hop_length=HOP))
+    win = int(8.0 * sr) // HOP
     n = len(onset_env)
     padded = np.pad(onset_env.astype(np.float32), (win // 2, win // 2), mode="linear_ramp", end_values=[0, 0])
-    window = librosa.filters.get_window("hann", win, fftbins=True).astype(np.float32)
+    window = hann(win).astype(np.float32)
     frames = sliding_window_view(padded, win)  # row t: the window centred on frame t
     size = 1 << int(np.ceil(np.log2(2 * win - 1)))
     total = np.zeros(win)
     for s in range(0, n, 4096):
-        spec = scipy.fft.rfft(frames[s:min(s + 4096, n)] * window, n=size, axis=-1)
-        ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=size, axis=-1)[:, :win]
+        spec = np.fft.rfft(frames[s:min(s + 4096, n)] * window, n=size, axis=-1)
+        ac = np.fft.irfft(spec.real**2 + spec.imag**2, n=size, axis=-1)[:, :win]
         peak = np.abs(ac).max(axis=1, keepdims=True)
         total += (ac / np.where(peak < np.finfo(np.float32).tiny, np.float32(1), peak)).sum(axis=0)
     mean = total / n
-    bpms = librosa.tempo_frequencies(win, hop_length=HOP, sr=sr)
+    bpms = np.full(win, np.inf)  # the tempo of each lag (librosa.tempo_frequencies)
+    bpms[1:] = 60.0 * sr / (HOP * np.arange(1.0, win))
     with np.errstate(divide="ignore"):
         logprior = -0.5 * ((np.log2(bpms) - np.log2(BEAT_PRIOR_BPM)) / 1.0) ** 2
     logprior[: int(np.argmax(bpms < 320.0))] = -np.inf
@@ -66,7 +66,7 @@ def track_beats(onset_env: np.ndarray, bpm: float, frame_rate: float, tightness:
     for librosa.beat's, which compile at every import."""
     if not onset_env.any():
         return np.zeros(0, dtype=int)
-    _, _, local_score, dp = fast_kernels()
+    _, _, local_score, dp = kernels(len(onset_env))
     env = np.asarray(onset_env, dtype=np.float32)
     normed = (env / (env.std(ddof=1) + np.finfo(env.dtype).tiny)).astype(np.float64)
     period = np.round(frame_rate * 60.0 / np.array([bpm], dtype=np.float64))
@@ -137,6 +137,39 @@ def _beat_dp(score, period, tightness, backlink, cumulative):
             first_beat = False
 
 
+def _beat_local_score_np(onsets: np.ndarray, period: float, out: np.ndarray) -> None:
+    """`_beat_local_score` in numpy: the same terms added in the same order, a window tap at a time."""
+    window = np.exp(-0.5 * (np.arange(-period, period + 1) * 32.0 / period) ** 2)
+    k_n, n = len(window), len(onsets)
+    out[:] = 0.0
+    for k in range(k_n):  # out[i] += window[k] * onsets[i + k_n // 2 - k] where that index is in range
+        i0, i1 = max(0, k - k_n // 2 + 1), min(n, n + k - k_n // 2)
+        if i1 > i0:
+            out[i0:i1] += window[k] * onsets[i0 + k_n // 2 - k:i1 + k_n // 2 - k]
+
+
+def _beat_dp_np(score: np.ndarray, period: float, tightness: float, backlink: np.ndarray,
+                cumulative: np.ndarray) -> None:
+    """`_beat_dp` in numpy: a beat's predecessor is at least round(period / 2) frames back, so that many
+    frames are scored at once; ties go to the nearest predecessor, as the loop's strict > gives them."""
+    lags = np.arange(int(np.round(period / 2)), int(2 * period) + 1)
+    penalty = tightness * (np.log(lags) - np.log(period)) ** 2
+    location = np.full(len(score), -1, dtype=np.int64)
+    step = max(1, int(lags[0]))
+    for s in range(0, len(score), step):
+        i = np.arange(s, min(s + step, len(score)))
+        loc = i[:, None] - lags[None, :]
+        values = np.where(loc >= 0, cumulative[np.maximum(loc, 0)] - penalty, -np.inf)
+        best = np.argmax(values, axis=1)
+        found = loc[:, 0] >= 0
+        location[i] = np.where(found, loc[np.arange(len(i)), best], -1)
+        cumulative[i] = np.where(found, score[i] + values[np.arange(len(i)), best], score[i])
+    started = score >= 0.01 * score.max()  # no predecessor before the first beat loud enough
+    first = int(np.argmax(started)) if started.any() else len(score)
+    backlink[:first] = -1
+    backlink[first:] = location[first:]
+
+
 def onset_salience(onset_env: np.ndarray, onsets: np.ndarray) -> np.ndarray:
     """How much each onset (frame, backtracked) stands out: the peak of the percussive onset envelope
     (mean rise of the spectrum in dB per frame) within 70 ms after it, above the envelope's median,
@@ -164,13 +197,11 @@ def beat_confidence(onset_envelope: np.ndarray, sr: int = SAMPLE_RATE, hop_lengt
     string orchestra's dance 0.27, pop 0.5, a click track 0.9. An envelope with no onsets (a steady
     tone's ripples of 0.001 dB) gives 0.
     """
-    import scipy.fft
     from numpy.lib.stride_tricks import sliding_window_view
-    from scipy.ndimage import uniform_filter1d
 
     rate = sr / hop_length
     env = np.asarray(onset_envelope, np.float64)
-    rise = env - uniform_filter1d(env, int(round(0.5 * rate)) | 1, mode="nearest")
+    rise = env - _moving_average(env, int(round(0.5 * rate)) | 1)
     if len(rise) == 0 or np.sqrt(np.mean(rise**2)) < 0.05:
         return 0.0
     win = int(round(8.0 * rate))
@@ -181,8 +212,17 @@ def beat_confidence(onset_envelope: np.ndarray, sr: int = SAMPLE_RATE, hop_lengt
     size = 1 << int(np.ceil(np.log2(2 * win - 1)))
     repeat = energy = 0.0
     for s in range(0, len(frames), 1024):
-        spec = scipy.fft.rfft(frames[s:s + 1024] * window, n=size, axis=-1)
-        ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=size, axis=-1)
+        spec = np.fft.rfft(frames[s:s + 1024] * window, n=size, axis=-1)
+        ac = np.fft.irfft(spec.real**2 + spec.imag**2, n=size, axis=-1)
         repeat += float(ac[:, lo:hi].max(axis=1).sum())
         energy += float(ac[:, 0].sum())
     return float(np.clip(repeat / energy, 0.0, 1.0)) if energy > 0 else 0.0
+
+
+def _moving_average(x: np.ndarray, size: int) -> np.ndarray:
+    """Mean of each odd `size` window centred on each value, the edge values repeated beyond the ends
+    (scipy.ndimage.uniform_filter1d(x, size, mode="nearest"))."""
+    if len(x) == 0:
+        return x.copy()
+    sums = np.concatenate([[0.0], np.cumsum(np.pad(x, size // 2, mode="edge"))])
+    return (sums[size:] - sums[:-size]) / size

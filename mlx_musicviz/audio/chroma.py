@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
+from .filters import (
+    C1,
+    cq_to_chroma,
+    cqt_frequencies,
+    normalize_peak,
+    relative_bandwidth,
+    resample,
+    wavelet_basis_fft,
+    wavelet_lengths,
+)
 from .grid import HOP, N_FFT
 
 
@@ -25,8 +33,6 @@ def _pitch_peaks(mag_frames: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarra
     tenth of the frame's peak) in magnitude frames (frames, N_FFT // 2 + 1), computed on that band
     only, with the residual (a fraction of a bin) as librosa.pitch_tuning computes it, at 36 bins an
     octave as chroma_cqt's CQT."""
-    import librosa
-
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / sr)
     lo, hi = int(np.argmax(freqs >= 150.0)), int(np.argmax(freqs >= 4000.0))
     s = mag_frames[:, lo - 1:hi + 1]
@@ -39,7 +45,7 @@ def _pitch_peaks(mag_frames: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarra
     shift = np.where(np.abs(b) >= np.abs(a), np.float32(0), -b / np.where(a == 0, np.float32(1), a))
     pitch = ((cols + lo + shift) * float(sr) / N_FFT).astype(np.float32)
     mags = centre + np.float32(0.5) * b * shift
-    residual = np.mod(CQT_BINS_PER_OCTAVE * librosa.hz_to_octs(pitch), 1.0)
+    residual = np.mod(CQT_BINS_PER_OCTAVE * np.log2(pitch / (440.0 / 16)), 1.0)
     residual[residual >= 0.5] -= 1.0
     return residual, mags
 
@@ -65,68 +71,44 @@ class _CQTChroma:
     response one dense matrix product of frames laid out row by row."""
 
     def __init__(self, sr: int, hop: int, tuning: float):
-        import librosa
-        from librosa.core import constantq as cq
-
-        self.filter_fft = getattr(cq, "__vqt_filter_fft")
-        self.early_count = getattr(cq, "__early_downsample_count")
-        self.trim_stack = getattr(cq, "__trim_stack")
-        bpo, n_oct = 36, 7
-        self.n_bins, self.n_oct = bpo * n_oct, n_oct
-        c1 = librosa.note_to_hz("C1")
-        freqs = librosa.interval_frequencies(n_bins=self.n_bins, fmin=c1 * 2.0 ** (tuning / bpo), intervals="equal",
-                                             bins_per_octave=bpo, sort=True)
-        alpha = librosa.filters._relative_bandwidth(freqs=freqs)
-        shape = dict(window="hann", filter_scale=1, gamma=0, alpha=alpha)
-        _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, **shape)
-        count = self.early_count(sr / 2.0, cutoff, hop, n_oct)
-        self.factor = 2 ** count
+        bpo, n_oct = CQT_BINS_PER_OCTAVE, 7
+        self.n_bins = bpo * n_oct
+        freqs = cqt_frequencies(self.n_bins, C1 * 2.0 ** (tuning / bpo), bpo)
+        alpha = relative_bandwidth(freqs)
+        _, cutoff = wavelet_lengths(freqs, sr, alpha)
+        # octaves that need no more than half the rate are computed at it (librosa's early downsampling)
+        below_nyquist = max(0, int(np.ceil(np.log2(sr / 2.0 / cutoff)) - 1) - 1)
+        twos = (hop & -hop).bit_length() - 1  # factors of two in the hop
+        self.factor = 2 ** min(below_nyquist, max(0, twos - n_oct + 1))
         self.sr, self.hop = sr / self.factor, hop // self.factor
-        lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=self.sr, **shape)
+        lengths, _ = wavelet_lengths(freqs, self.sr, alpha)
         self.scale = (1.0 / np.sqrt(lengths)).astype(np.float32)[:, None]
-        self.octaves = []
+        self.octaves = []  # from the top octave down: (filters (n_fft // 2 + 1, bins), n_fft, hop)
         my_sr, my_hop = self.sr, self.hop
         for i in range(n_oct):
             sl = slice(-bpo, None) if i == 0 else slice(-bpo * (i + 1), -bpo * i)
-            basis, n_fft, _ = self.filter_fft(my_sr, freqs[sl], 1, 1, 0.01, window="hann", gamma=0, dtype=np.complex64,
-                                              alpha=alpha[sl])
-            basis = basis.toarray() * np.sqrt(self.sr / my_sr)
+            basis, n_fft = wavelet_basis_fft(freqs[sl], my_sr, alpha[sl])
+            basis = basis * np.sqrt(self.sr / my_sr)
             self.octaves.append((np.ascontiguousarray(basis.T.astype(np.complex64)), n_fft, my_hop))
             if my_hop % 2 == 0:
                 my_hop //= 2
                 my_sr /= 2.0
-        self.to_chroma = librosa.filters.cq_to_chroma(self.n_bins, bins_per_octave=bpo, n_chroma=12, fmin=c1)
+        self.to_chroma = cq_to_chroma(self.n_bins, bpo)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        import librosa
-        import scipy.fft
         from numpy.lib.stride_tricks import sliding_window_view
 
         if self.factor > 1:
-            y = librosa.resample(y, orig_sr=self.factor, target_sr=1, res_type="soxr_hq", scale=True)
+            y = resample(y, self.factor, 1, scale=True)
         responses = []
-        for i, (basis, n_fft, hop) in enumerate(self.octaves):
+        for basis, n_fft, hop in self.octaves:
             padded = np.pad(y, n_fft // 2)
             frames = sliding_window_view(padded, n_fft)[::hop]
-            responses.append((scipy.fft.rfft(frames, axis=-1) @ basis).T)
+            responses.append((np.fft.rfft(frames, axis=-1) @ basis).T)
             if hop % 2 == 0:
-                y = librosa.resample(y, orig_sr=2, target_sr=1, res_type="soxr_hq", scale=True)
-        cqt = np.abs(self.trim_stack(responses, self.n_bins, np.complex64)) * self.scale
-        chroma = self.to_chroma @ cqt
+                y = resample(y, 2, 1, scale=True)
+        columns = min(r.shape[1] for r in responses)
+        cqt = np.concatenate([r[:, :columns] for r in reversed(responses)])  # from C1 up
+        chroma = self.to_chroma @ (np.abs(cqt) * self.scale)
         chroma[chroma < 0] = 0.0
-        return librosa.util.normalize(chroma, norm=np.inf, axis=-2)
-
-
-def _chroma_function(sr: int, tuning: float):
-    """A `_CQTChroma`, or librosa.feature.chroma_cqt itself where this librosa's CQT internals differ."""
-    try:
-        return _CQTChroma(sr, HOP, tuning)
-    except (AttributeError, TypeError, ValueError):
-        import librosa
-
-        def chroma_of(y):
-            with warnings.catch_warnings():  # short clips (the lowest CQT octaves are shorter than their FFT)
-                warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-                return librosa.feature.chroma_cqt(y=y, sr=sr, hop_length=HOP, tuning=tuning)
-
-        return chroma_of
+        return normalize_peak(chroma, axis=-2)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MusicvizError
+from .filters import resample
 from .grid import SAMPLE_RATE
 
 
@@ -89,15 +90,9 @@ def load_audio(audio, sr: int = SAMPLE_RATE, start: float | None = None, duratio
     if is_sample_pair(audio):
         samples, rate = sample_pair(audio)
         samples = samples.mean(axis=0)
-        y = samples if rate == sr else _resample(samples, rate, sr)
+        y = samples if rate == sr else resample(samples, rate, sr)
         return y[window_samples(start, duration, sr, len(y))], sr
     return decode_file(Path(audio), sr, start=start, duration=duration), sr
-
-
-def _resample(y: np.ndarray, rate: int, sr: int) -> np.ndarray:
-    import librosa
-
-    return librosa.resample(y, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
 
 
 PREROLL = 1.0  # seconds decoded before a window and thrown away: a codec's first packets after a seek

@@ -22,8 +22,11 @@ from .decode import (
     load_audio,
     sample_pair,
 )
+from .filters import frames_to_time, power_to_db
 from .grid import HOP, N_FFT
-from .numba_kernels import fast_kernels
+from .numba_kernels import fast_kernels, kernels
+from .onsets import onset_backtrack, onset_detect
+from .segments import agglomerative, mfcc_sequence
 from .spectral import (
     ATTACK_FRAME,
     ATTACK_HOP,
@@ -130,12 +133,12 @@ def refine_to_attacks(beat_times: np.ndarray, y: np.ndarray, sr: int, before: fl
     The beat tracker places beats on onset-envelope peaks, which trail the attack by a frame or
     two of its 2048-sample window; a 1.5 ms energy envelope finds the attack itself.
     """
-    import librosa
+    from numpy.lib.stride_tricks import sliding_window_view
 
     if len(beat_times) == 0:
         return beat_times
-    env = librosa.feature.rms(y=y, frame_length=ATTACK_FRAME, hop_length=ATTACK_HOP, center=True)[0]
-    return _refine_on_envelope(beat_times, env, sr, before, after)
+    frames = sliding_window_view(np.pad(np.asarray(y, np.float32), ATTACK_FRAME // 2), ATTACK_FRAME)[::ATTACK_HOP]
+    return _refine_on_envelope(beat_times, np.sqrt(np.mean(np.square(frames), axis=1)), sr, before, after)
 
 
 
@@ -204,8 +207,6 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     seconds (10 min) is decoded block by block, twice, so memory grows only with the per-frame
     features (about 0.6 MB a minute), not with the samples. Raises MusicvizError on bad input.
     """
-    import librosa
-
     if fps is None or not MIN_FPS <= fps <= MAX_FPS:  # nan fails both comparisons
         raise MusicvizError(f"fps must be from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
     check_window(start, duration)
@@ -228,11 +229,11 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     n_samples = max(length, N_FFT)  # a shorter signal is padded with silence
     n_fr = 1 + n_samples // HOP
     if y is not None and n_fr > block_frames:
-        g = _whole_song(_Reader([y]), sr, *fast_kernels()[:2])
+        g = _whole_song(_Reader([y]), sr, *kernels(n_fr)[:2])
     f, g = _feature_pass(_Reader([y] if y is not None else blocks()), n_samples, g, sr, block_frames)
     del y
     times = np.arange(n) / fps
-    ft = librosa.frames_to_time(np.arange(n_fr), sr=sr, hop_length=HOP)
+    ft = frames_to_time(np.arange(n_fr), sr, HOP)
     silent = g["peak"] < SILENCE
 
     tempo, beats, onsets, confidence = 0.0, np.zeros(0, dtype=int), np.zeros(0, dtype=int), 0.0
@@ -246,12 +247,12 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
     if not silent and seconds >= 20:
         sections = _sections(f, n_sections or int(np.clip(round(seconds / 30), 2, 8)), sr)
 
-    beat_times = librosa.frames_to_time(beats, sr=sr, hop_length=HOP)
-    onset_times = librosa.frames_to_time(onsets, sr=sr, hop_length=HOP)
+    beat_times = frames_to_time(beats, sr, HOP)
+    onset_times = frames_to_time(onsets, sr, HOP)
     if len(beat_times) >= 2:
         reach = min(0.16, 0.35 * float(np.median(np.diff(beat_times))))
         beat_times = _refine_on_envelope(beat_times, f.attack, sr, before=reach, after=reach)
-    mel_db = librosa.power_to_db(f.mel, ref=1.0)
+    mel_db = power_to_db(f.mel)
     return AudioFeatures(
         fps=float(fps),
         duration=seconds,
@@ -281,21 +282,16 @@ def _onsets(envelope: np.ndarray, rms: np.ndarray, sr: int) -> np.ndarray:
     whole sound's onset envelope, each peak moved back to the quietest frame before it), less the peaks
     it would find in the ripples of a held chord (under MIN_ONSET_RISE and under STANDOUT times the
     median); two peaks moved back to the same frame are one onset."""
-    import librosa
-
-    peaks = librosa.onset.onset_detect(onset_envelope=envelope, sr=sr, hop_length=HOP)
+    peaks = onset_detect(envelope, sr, HOP)
     peaks = peaks[(envelope[peaks] >= MIN_ONSET_RISE) | (envelope[peaks] >= STANDOUT * np.median(envelope))]
-    return np.unique(librosa.onset.onset_backtrack(peaks, rms)) if len(peaks) else peaks
+    return np.unique(onset_backtrack(peaks, rms)) if len(peaks) else peaks
 
 
 def _sections(f: _Features, k: int, sr: int) -> np.ndarray:
     """Section starts (seconds, the first 0): agglomerative segmentation into k parts of the MFCCs of
     the mel spectrum averaged over steps of f.pool frames (at least 93 ms; at most 4096 steps, so a
     long song is segmented as quickly as a short one)."""
-    import librosa
-
     counts = np.minimum(f.pool, len(f.rms) - np.arange(len(f.mel_pool)) * f.pool)
-    mel = (f.mel_pool / counts[:, None]).T
-    feats = librosa.util.normalize(librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=13), axis=1)
-    bounds = librosa.segment.agglomerative(feats, min(k, feats.shape[1]))
+    feats = mfcc_sequence((f.mel_pool / counts[:, None]).T)
+    bounds = agglomerative(feats, min(k, feats.shape[1]))
     return np.unique(np.concatenate([[0.0], bounds * f.pool * HOP / sr]))

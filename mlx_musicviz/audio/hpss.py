@@ -1,5 +1,5 @@
 """Harmonic-percussive separation's median filters and soft masks (librosa.decompose.hpss, as
-librosa computes it), as numba kernels over rows on every core."""
+librosa computes it): as numba kernels over rows on every core, and the same in numpy."""
 
 from __future__ import annotations
 
@@ -131,15 +131,35 @@ def _percussive_at(mag: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float
         harm = np.partition(along_time, h, axis=1)[:, h]
         perc = np.partition(along_freq, h, axis=1)[:, h]
         mask = np.empty(len(r), np.float32)
-        _soft_masks_np(harm, perc, mask)
+        _soft_masks_np(harm, perc, np.empty_like(mask), mask)
         best = max(best, float((mag[r, c] * mask).max()))
     return best
 
 
-def _soft_masks_np(harm: np.ndarray, perc: np.ndarray, mask_perc: np.ndarray) -> None:
-    """The percussive mask of `_soft_masks`, in numpy (the same float32 operations)."""
+def _soft_masks_np(harm: np.ndarray, perc: np.ndarray, mask_harm: np.ndarray, mask_perc: np.ndarray) -> None:
+    """`_soft_masks` in numpy (the same float32 operations, so the same values)."""
     z = np.maximum(harm, perc)
     bad = z < np.float32(1.1754944e-38)
     z = np.where(bad, np.float32(1), z)
     a, b = np.square(harm / z), np.square(perc / z)
-    mask_perc[:] = np.where(bad, np.float32(0.5), b / (b + a))
+    with np.errstate(invalid="ignore"):  # 0 / 0 where both are silent, replaced by 0.5
+        mask_harm[...] = np.where(bad, np.float32(0.5), a / (a + b))
+        mask_perc[...] = np.where(bad, np.float32(0.5), b / (b + a))
+
+
+def _median_rows_np(x: np.ndarray, k: int, out: np.ndarray, transposed: bool) -> None:
+    """`_median_rows` in numpy (a partition of each window, some rows at a time): the same values,
+    several times slower, but with no compile or load."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    rows, n = x.shape
+    h = k // 2
+    padded = np.arange(-h, n + h) % (2 * n)  # scipy's 'reflect' edges, repeated for rows shorter than h
+    padded = np.where(padded < n, padded, 2 * n - 1 - padded)
+    chunk = max(1, (1 << 22) // (n * k))  # rows whose windows (k values each) fill 16 MB
+    for s in range(0, rows, chunk):
+        med = np.partition(sliding_window_view(x[s:s + chunk][:, padded], k, axis=1), h, axis=-1)[..., h]
+        if transposed:
+            out[:, s:s + chunk] = med.T
+        else:
+            out[s:s + chunk] = med

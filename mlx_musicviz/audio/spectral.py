@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .chroma import CHROMA_REACH, _chroma_function, _chroma_span, _pitch_peaks, _tuning
+from .chroma import CHROMA_REACH, _chroma_span, _CQTChroma, _pitch_peaks, _tuning
+from .filters import hann, mel
 from .grid import HOP, N_FFT
 from .hpss import KERNEL, _medians, _percussive_at
-from .numba_kernels import fast_kernels
+from .numba_kernels import kernels
 
 BANDS = {"bass": (20.0, 250.0), "mid": (250.0, 4000.0), "treble": (4000.0, 11025.0)}
 
@@ -64,36 +65,24 @@ class _Reader:
 
 def _stft(y_seg: np.ndarray) -> np.ndarray:
     """(frames, N_FFT // 2 + 1) complex64 STFT of samples whose frame k starts at k * HOP (Hann window)."""
-    import scipy.fft
     from numpy.lib.stride_tricks import sliding_window_view
 
     frames = sliding_window_view(y_seg, N_FFT)[::HOP]
-    return scipy.fft.rfft(frames * _window(), axis=-1)
+    return np.fft.rfft(frames * _WINDOW, axis=-1)
 
 
-def _window() -> np.ndarray:
-    global _WINDOW
-    if _WINDOW is None:
-        from scipy.signal import get_window
-
-        _WINDOW = get_window("hann", N_FFT, fftbins=True).astype(np.float32)
-    return _WINDOW
-
-
-_WINDOW = None
+_WINDOW = hann(N_FFT).astype(np.float32)
 
 
 def _istft_span(spec: np.ndarray, first: int, a: int, b: int) -> np.ndarray:
     """Samples a..b of the inverse STFT (overlap-add, normalised by the summed squared window) of
     `spec` (frames, bins) whose first row is frame `first`; frame k is centred on sample k * HOP."""
-    import scipy.fft
-
     t = len(spec)
     per = N_FFT // HOP
-    frames = (scipy.fft.irfft(spec, n=N_FFT, axis=-1) * _window()).reshape(t, per, HOP)
+    frames = (np.fft.irfft(spec, n=N_FFT, axis=-1) * _WINDOW).reshape(t, per, HOP)
     out = np.zeros((t + per - 1, HOP), np.float32)
     norm = np.zeros((t + per - 1, HOP), np.float32)
-    square = (_window() ** 2).reshape(per, HOP)
+    square = (_WINDOW ** 2).reshape(per, HOP)
     for j in range(per):
         out[j:j + t] += frames[:, j]
         norm[j:j + t] += square[j]
@@ -178,12 +167,6 @@ class _Features:
         self.mel_pool = np.zeros((-(-n_fr // pool), 128))
 
 
-def _mel_basis(sr: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sr, n_fft=N_FFT)
-
-
 def _block_features(out: _Features, y_seg: np.ndarray, e0: int, c0: int, c1: int, n_fr: int, n_samples: int,
                     g: dict | None, median_rows, soft_masks, mel_basis: np.ndarray, sr: int) -> tuple[dict, np.ndarray]:
     """Fill frames c0..c1 of `out` from the samples of frames e0.. (`y_seg`, from sample
@@ -248,10 +231,10 @@ def _feature_pass(reader: _Reader, n_samples: int, g: dict | None, sr: int,
                   block_frames: int) -> tuple[_Features, dict]:
     """Every per-frame feature of the signal of `n_samples` samples (at least N_FFT: a shorter signal
     is padded with silence), block by block; `g` as in `_block_features`."""
-    median_rows, soft_masks = fast_kernels()[:2]
     n_fr = 1 + n_samples // HOP
+    median_rows, soft_masks = kernels(n_fr)[:2]
     out = _Features(n_fr, n_samples, max(8, -(-n_fr // 4096)))
-    mel_basis = _mel_basis(sr)
+    mel_basis = mel(sr, N_FFT)
     harmonic, harmonic_at, waiting, chroma_of = np.zeros(0, np.float32), 0, [], None
     for c0 in range(0, n_fr, block_frames):
         c1 = min(c0 + block_frames, n_fr)
@@ -271,7 +254,7 @@ def _feature_pass(reader: _Reader, n_samples: int, g: dict | None, sr: int,
                 break
             del waiting[:CHROMA_SPAN]
             if chroma_of is None:
-                chroma_of = _chroma_function(sr, g["tuning"])
+                chroma_of = _CQTChroma(sr, HOP, g["tuning"])
             out.chroma[:, w0:w1] = _chroma_span(harmonic, harmonic_at, w0, w1, n_samples, chroma_of)
             drop = max(0, max(0, (waiting[0][0] if waiting else w1) * HOP - CHROMA_REACH) - harmonic_at)
             harmonic, harmonic_at = harmonic[drop:], harmonic_at + drop

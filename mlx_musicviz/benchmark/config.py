@@ -73,6 +73,7 @@ class BenchResult:
     reference_info: dict = field(default_factory=dict)  # torch version, threads, BLAS libraries in its process
     render: dict = field(default_factory=dict)
     live: dict = field(default_factory=dict)  # the live scenario (`benchmark.live.bench_live`)
+    startup: dict = field(default_factory=dict)  # a fresh process's first analysis (`benchmark.startup.bench_startup`)
     layers: list = field(default_factory=list)  # one per batch x component x distinct layer shape (`time_layers`)
     profile: list = field(default_factory=list)  # one per batch x kind of work (`profile_frames`)
 

@@ -57,6 +57,10 @@ def markdown(result: BenchResult) -> str:
         lines += ["", f"End-to-end render of {r['seconds']:.1f} s of audio ({r['frames']} frames): {r['total_s']:.1f} s; "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items())
                   + f"; outside the model {r['overhead_fraction']:.1%}."]
+    if result.startup:
+        from .startup import startup_summary
+
+        lines += ["", "Start-up: " + startup_summary(result.startup) + "."]
     if result.live:
         from .run import live_summary
 

@@ -179,6 +179,12 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
         r = result.render
         log(f"render {r['seconds']:.0f} s of audio: {r['frames']} frames in {r['total_s']:.1f} s; outside the model "
             f"{r['overhead_fraction']:.1%} (" + ", ".join(f"{k} {v:.2f} s" for k, v in r["times"].items()) + ")")
+    if config.render_seconds > 0:
+        from ..rendering import DEMO_AUDIO
+        from .startup import bench_startup, startup_summary
+
+        result.startup = bench_startup(config.audio or DEMO_AUDIO, config.render_seconds)
+        log("start-up: " + startup_summary(result.startup))
     if config.live_seconds > 0:
         from ..loading import load_pipeline
         from ..rendering import DEMO_AUDIO

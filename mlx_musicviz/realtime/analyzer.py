@@ -96,8 +96,9 @@ class _Spectra:
     the t-th hop (the stream is preceded by silence), so it needs no later sample."""
 
     def __init__(self, rate: int):
-        import librosa
         import scipy.sparse
+
+        from ..audio import filters
 
         self.hop = max(1, int(round(rate * HOP / SAMPLE_RATE)))
         self.n_fft = 2 ** int(round(np.log2(rate * N_FFT / SAMPLE_RATE)))
@@ -105,8 +106,8 @@ class _Spectra:
         self.buffer = np.zeros(self.n_fft - self.hop, np.float32)
         # Sparse mel and a BLAS-free chroma product: multi-threaded BLAS on a few frames is slow
         # on a busy machine, and these give every frame the same result whatever the block size.
-        self.mel = scipy.sparse.csr_matrix(librosa.filters.mel(sr=rate, n_fft=self.n_fft, n_mels=N_MELS))
-        self.chroma = librosa.filters.chroma(sr=rate, n_fft=self.n_fft).T.astype(np.float32)
+        self.mel = scipy.sparse.csr_matrix(filters.mel(rate, self.n_fft, N_MELS))
+        self.chroma = filters.chroma(rate, self.n_fft).T
         freqs = np.fft.rfftfreq(self.n_fft, 1.0 / rate)
         self.bands = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS.items()}
         # |X|^2 -> mean square of the signal (Parseval, one-sided spectrum, window power removed)

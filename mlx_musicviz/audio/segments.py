@@ -1,0 +1,60 @@
+"""A song's sections: Ward clustering of its MFCC sequence into contiguous parts (librosa.segment.agglomerative,
+which uses scikit-learn's AgglomerativeClustering on a chain of neighbours), in numpy and a heap."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from .filters import dct_ortho, normalize_peak, power_to_db
+
+
+def mfcc_sequence(mel_power: np.ndarray, n_mfcc: int = 13) -> np.ndarray:
+    """(n_mfcc, steps) MFCCs of a (mels, steps) mel power sequence, each coefficient scaled to a peak
+    magnitude of 1 over the steps (librosa.feature.mfcc of its dB, then librosa.util.normalize)."""
+    db = power_to_db(mel_power)
+    return normalize_peak(dct_ortho(len(db), n_mfcc) @ db, axis=1)
+
+
+def agglomerative(data: np.ndarray, k: int) -> np.ndarray:
+    """Start indices (the first 0) of the k contiguous segments of the columns of `data` (features,
+    steps) that Ward's criterion finds when neighbours alone may merge: again and again the two
+    adjacent segments whose merge adds least to the within-segment variance (n_a n_b / (n_a + n_b)
+    times the squared distance of their means) become one, ties to the earlier-made pair."""
+    x = np.asarray(data, float).T
+    n = len(x)
+    k = max(1, min(k, n))
+    count = np.ones(n)
+    total = x.copy()
+    left, right = np.arange(-1, n - 1), np.arange(1, n + 1)  # neighbouring segments, by their first step
+    right[-1] = -1
+    version = np.zeros(n, dtype=int)  # a segment's id changes when it grows, so stale heap entries are skipped
+    heap = [(_ward(count, total, i, i + 1), i + 1, i, 0, 0) for i in range(n - 1)]
+    heapq.heapify(heap)
+    segments, made = n, n
+    while segments > k:
+        _, _, a, va, vb = heapq.heappop(heap)
+        b = right[a]
+        if b < 0 or version[a] != va or version[b] != vb:
+            continue
+        count[a] += count[b]
+        total[a] += total[b]
+        right[a] = right[b]
+        if right[b] >= 0:
+            left[right[b]] = a
+        right[b] = -1
+        version[a] = made = made + 1
+        segments -= 1
+        for p, q in ((left[a], a), (a, right[a])):
+            if p >= 0 and q >= 0:
+                heapq.heappush(heap, (_ward(count, total, p, q), made, p, version[p], version[q]))
+    starts = [0]
+    while right[starts[-1]] >= 0:
+        starts.append(int(right[starts[-1]]))
+    return np.asarray(starts)
+
+
+def _ward(count: np.ndarray, total: np.ndarray, a: int, b: int) -> float:
+    diff = total[a] / count[a] - total[b] / count[b]
+    return float(np.dot(diff, diff) * (count[a] * count[b] / (count[a] + count[b])))
