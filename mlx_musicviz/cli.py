@@ -115,9 +115,10 @@ LORA_OPTION = click.option("--lora", "loras", multiple=True, metavar="PATH[:SCAL
                                 "(default 1); repeat for several.")
 _SCHEDULER = click.option("--scheduler", default=None, metavar="NAME[:T]",
                           help="Take the one step as another scheduler does: lcm (LCM-LoRA), tcd:800 (Hyper-SD's "
-                               "1-step LoRA), euler, ddim or pndm, at timestep T if given (default: the model's).")
+                               "1-step LoRA), euler, euler_a, ddim or pndm, at timestep T if given (default: the model's).")
 _STEPS = click.option("--steps", type=int, default=1, show_default=True,
-                      help="LCM's number of steps, 1 to 8 (with --scheduler lcm): each one more UNet call a frame.")
+                      help="Steps, 1 to 8, with LCM (--scheduler lcm) or Euler (SD-Turbo's and SDXL-Turbo's own): "
+                           "each one more UNet call a frame.")
 
 
 def SCHEDULER_OPTION(fn):  # noqa: N802 - used as a decorator, like the other options

@@ -114,7 +114,7 @@ def compose(prompt: str, output, model: str = "IDKiro/sdxs-512-0.9", *, seconds:
     preset: the tiles' mel parameters ("default" or "riffusion"; a LoRA should be trained on tiles of
         the same preset). overlap: pixel columns each tile shares with the one before (a multiple of 8).
     iterations: Griffin-Lim rounds. loras, scheduler, steps: LoRA files fused into the model and another
-        scheduler (LCM in `steps` steps), as `load_pipeline` takes them.
+        scheduler (LCM or Euler in `steps` steps), as `load_pipeline` takes them.
     progress: called as progress(done_tiles, tiles).
     """
     from .loading import load_pipeline

@@ -25,7 +25,8 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
     loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
     quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
     scheduler: another scheduler's one step than the checkpoint's (see `Pipeline.set_scheduler`): "lcm"
-    for LCM-LoRA, "tcd:800" for Hyper-SD's 1-step LoRA; steps: LCM's number of steps (1 to 8).
+    for LCM-LoRA, "tcd:800" for Hyper-SD's 1-step LoRA; steps: the number of steps (1 to 8) of LCM or Euler
+    (SD-Turbo's and SDXL-Turbo's own schedulers, ancestral or not).
     """
     if scheduler is not None or steps != 1:
         from .scheduler import check_scheduler

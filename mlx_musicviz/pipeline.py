@@ -36,7 +36,7 @@ class Pipeline:
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.tokenizer_2, self.text_encoder_2, self.vae_tiny = tokenizer_2, text_encoder_2, vae_tiny
         self.scheduler = scheduler
-        self.scheduler_steps = (scheduler,)  # the sampling's steps: one, or LCM's several (`set_scheduler`)
+        self.scheduler_steps = (scheduler,)  # the sampling's steps: one, or several (`set_scheduler`)
         self.folder = Path(folder) if folder is not None else None
         self.dtype = dtype
         self.record = record or {}
@@ -119,15 +119,15 @@ class Pipeline:
         self._tembs = [self.unet.time_embed(step.timestep) for step in self.scheduler_steps]
         mx.eval(self._tembs)
 
-    def set_scheduler(self, scheduler: str, steps: int = 1) -> "Pipeline":
+    def set_scheduler(self, scheduler: str | None = None, steps: int = 1) -> "Pipeline":
         """Sample with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800" (Hyper-SD's 1-step
-        LoRA), "euler", "ddim" or "pndm", optionally NAME:TIMESTEP; LCM also in `steps` steps (2 to 8, each
-        a UNet call). The record says which. Returns self."""
+        LoRA), "euler", "euler_a", "ddim" or "pndm", optionally NAME:TIMESTEP (None: the checkpoint's own);
+        LCM and Euler also in `steps` steps (2 to 8, each a UNet call). The record says which. Returns self."""
         import dataclasses
 
         from .scheduler import check_steps, parse_scheduler
 
-        name, timestep = parse_scheduler(scheduler)
+        name, timestep = parse_scheduler(scheduler) if scheduler is not None else (self.scheduler.config.class_name, None)
         steps = check_steps(scheduler, steps)
         config = dataclasses.replace(self.scheduler.config, class_name=name)
         self.scheduler_steps = OneStepScheduler.steps_from_config(config, timestep, steps)
@@ -303,9 +303,8 @@ class Pipeline:
     def _denoise(self, latents: mx.array, prompt_embeds: mx.array) -> mx.array:
         noise = latents.astype(self.dtype)
         sample = self.scheduler.scale_noise(noise)
-        last = len(self.scheduler_steps) - 1
-        for i, step in enumerate(self.scheduler_steps):  # LCM's steps before the last noise again with `noise`
-            sample = step.step(self.predict_noise(sample, prompt_embeds, i), sample, noise if i < last else None)
+        for i, step in enumerate(self.scheduler_steps):  # LCM's and Euler ancestral's steps noise again with `noise`
+            sample = step.step(self.predict_noise(sample, prompt_embeds, i), sample, noise)
         return sample
 
     def vae_name(self, vae: str = "auto") -> str:

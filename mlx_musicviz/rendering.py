@@ -162,7 +162,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     progress: called as progress(done_frames, total_frames) after every batch.
     loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
     scheduler: another scheduler's one step than the model's, e.g. "lcm" or "tcd:800" (see `load_pipeline`);
-        steps: LCM's number of steps (each a UNet call).
+        steps: LCM's or Euler's number of steps (each a UNet call).
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).

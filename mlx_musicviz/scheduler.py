@@ -16,6 +16,9 @@ LCM also samples in N steps (LCM-LoRA's 2 to 8): N timesteps evenly spaced over 
 boundary-condition output noised again to the next timestep's ᾱ. diffusers draws fresh noise there; here it
 is the frame's own starting noise, as StreamDiffusion keeps its noise fixed, so that a frame depends on its
 latents alone and the walks stay smooth.
+Euler (SD-Turbo's) in N steps is DDIM's step between its timesteps' ᾱ (x0 + σ' ε, seen at the next scale);
+Euler ancestral (SDXL-Turbo's) lands on x0 + σ_down ε + σ_up n, σ_up = σ' sqrt(1 - σ'²/σ²) of fresh noise n,
+here again the frame's own noise.
 """
 
 from __future__ import annotations
@@ -46,25 +49,32 @@ def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
 # The schedulers whose single step is the DDIM formula below, and the short names that choose them.
 SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
               "LCMScheduler", "TCDScheduler")
-NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler",
-         "tcd": "TCDScheduler"}
+NAMES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+         "euler_a": "EulerAncestralDiscreteScheduler", "lcm": "LCMScheduler", "tcd": "TCDScheduler"}
+MULTISTEP = ("LCMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")  # sample in several steps
 
 
-MAX_STEPS = 8  # LCM's steps: LCM-LoRA is made for 2 to 8
+MAX_STEPS = 8  # LCM-LoRA is made for 2 to 8 steps; SD-Turbo and SDXL-Turbo for 1 to 4
 
 
 def check_steps(scheduler: str | None, steps) -> int:
-    """`steps` as a whole number, checked against `scheduler` (only LCM samples in several steps)."""
+    """`steps` as a whole number, checked against `scheduler` where given (None: the model's, checked
+    when it loads): LCM and Euler (ancestral or not) sample in several steps, the others in one."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise MusicvizError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r:.40}")
-    if steps > 1:
-        name, timestep = parse_scheduler(scheduler) if scheduler is not None else (None, None)
-        if name != "LCMScheduler":
-            raise MusicvizError(f"{steps} steps need the LCM scheduler (scheduler \"lcm\", --scheduler lcm: LCM-LoRA's): "
-                                "the other schedulers here take one step")
+    if steps > 1 and scheduler is not None:
+        name, timestep = parse_scheduler(scheduler)
+        _check_multistep(name, steps)
         if timestep is not None:
-            raise MusicvizError("give LCM either a timestep (lcm:T, one step) or several steps, not both")
+            raise MusicvizError("give the scheduler either a timestep (NAME:T, one step) or several steps, not both")
     return int(steps)
+
+
+def _check_multistep(class_name: str, steps: int) -> None:
+    if class_name not in MULTISTEP:
+        raise MusicvizError(f"{steps} steps need a scheduler that samples in several here: lcm (LCM-LoRA's), euler "
+                            f"(SD-Turbo's) or euler_a (SDXL-Turbo's), as scheduler=\"lcm\" or --scheduler lcm; "
+                            f"{class_name} takes one step")
 
 
 def check_scheduler(scheduler: str | None, steps=1) -> int:
@@ -79,6 +89,21 @@ def lcm_timesteps(config: SchedulerConfig, steps: int) -> list[int]:
     k = config.num_train_timesteps // config.original_inference_steps
     grid = (np.arange(1, config.original_inference_steps + 1) * k - 1)[::-1]
     return [int(t) for t in grid[np.floor(np.linspace(0, len(grid), steps, endpoint=False)).astype(np.int64)]]
+
+
+def euler_timesteps(config: SchedulerConfig, steps: int) -> list[int]:
+    """Euler's `steps` timesteps, as diffusers' EulerDiscreteScheduler.set_timesteps(steps) spaces them."""
+    n = config.num_train_timesteps
+    if config.timestep_spacing == "trailing":
+        ts = np.round(np.arange(n, 0, -n / steps)) - 1
+    elif config.timestep_spacing == "leading":
+        ts = (np.arange(0, steps) * (n // steps)).round()[::-1] + config.steps_offset
+    else:
+        ts = np.linspace(0, n - 1, steps)[::-1]
+    if np.any(ts != np.round(ts)):
+        raise MusicvizError(f"{steps} steps of this {config.timestep_spacing}-spaced scheduler fall between "
+                            "timesteps: choose a number of steps that divides its range (or 1)")
+    return [int(t) for t in ts]
 
 
 def parse_scheduler(text: str) -> tuple[str, int | None]:
@@ -102,6 +127,7 @@ class OneStepScheduler:
     alpha_prev: float  # ᾱ the step lands on
     prediction_type: str
     noise_scale: float = 1.0  # what the unit-noise latents are multiplied by before the UNet and the step
+    renoise: float = 0.0  # the share of `step`'s noise in the noise its output carries (LCM 1, Euler ancestral σ_up / σ')
     c_skip: float = 0.0  # LCM's boundary condition: the step's x0 is c_skip * sample + c_out * x0
     c_out: float = 1.0
     config: SchedulerConfig = field(default_factory=SchedulerConfig, compare=False, repr=False)  # for training
@@ -139,7 +165,8 @@ class OneStepScheduler:
             scaled, sigma_data = t * config.timestep_scaling, 0.5
             c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
             c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
-            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, c_skip=c_skip, c_out=c_out, config=config)
+            return cls(int(t), float(ac[t]), 1.0, config.prediction_type, c_skip=c_skip, c_out=c_out, renoise=1.0,
+                       config=config)
         final = 1.0 if config.set_alpha_to_one and config.class_name != "TCDScheduler" else float(ac[0])
         return cls(int(t), float(ac[t]), final, config.prediction_type, config=config)
 
@@ -150,18 +177,28 @@ class OneStepScheduler:
     @classmethod
     def steps_from_config(cls, config: SchedulerConfig, timestep: int | None = None,
                           steps: int = 1) -> tuple["OneStepScheduler", ...]:
-        """The steps of a sampling in `steps` steps (one: `from_config`); LCM's each land on the next one's ᾱ,
-        the last on its boundary condition (see `step`'s `noise`)."""
+        """The steps of a sampling in `steps` steps (one: `from_config`), each landing on the next one's ᾱ,
+        the last on ᾱ = 1 (LCM: its boundary condition; see `step`'s `noise`)."""
         if steps == 1:
             return (cls.from_config(config, timestep),)
+        _check_multistep(config.class_name, steps)
         ac = alphas_cumprod(config)
-        ts = lcm_timesteps(config, steps)
-        return tuple(replace(cls.from_config(config, t), alpha_prev=float(ac[ts[i + 1]]) if i + 1 < steps else 1.0)
-                     for i, t in enumerate(ts))
+        ts = lcm_timesteps(config, steps) if config.class_name == "LCMScheduler" else euler_timesteps(config, steps)
+        out = []
+        for i, t in enumerate(ts):
+            first = cls.from_config(config, t)
+            prev = float(ac[ts[i + 1]]) if i + 1 < steps else 1.0
+            renoise = first.renoise
+            if config.class_name == "EulerAncestralDiscreteScheduler" and prev < 1.0:
+                sigma2, next2 = (1 - first.alpha_t) / first.alpha_t, (1 - prev) / prev
+                renoise = (1 - next2 / sigma2) ** 0.5
+            out.append(replace(first, alpha_prev=prev, renoise=renoise))
+        return tuple(out)
 
     def step(self, model_output: mx.array, sample: mx.array, noise: mx.array | None = None) -> mx.array:
-        """Latents after the denoising step from `sample` (`scale_noise`'s output). `noise`: what LCM's
-        steps before the last noise their output with again (else the predicted noise, as DDIM)."""
+        """Latents after the denoising step from `sample` (`scale_noise`'s output). `noise`: the unit noise
+        whose `renoise` share the output's noise takes (LCM's and Euler ancestral's steps before the last);
+        the rest is the predicted noise, as DDIM's."""
         a, a_prev = self.alpha_t, self.alpha_prev
         sa, sb = a**0.5, (1 - a) ** 0.5
         if self.prediction_type == "epsilon":
@@ -175,4 +212,6 @@ class OneStepScheduler:
             eps = (sample - sa * x0) / sb
         if self.c_skip or self.c_out != 1.0:
             x0 = self.c_skip * sample + self.c_out * x0
-        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * (eps if noise is None else noise)
+        if noise is not None and self.renoise:
+            eps = noise if self.renoise == 1.0 else (1 - self.renoise**2) ** 0.5 * eps + self.renoise * noise
+        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps

@@ -160,11 +160,66 @@ def test_lcm_in_several_steps_matches_diffusers(tmp_path, monkeypatch):
     print(f"LCM in 4 steps: denoised latents {err:.1e} (in one step: {rel_l2(one, expected):.1e}); "
           f"{frac:.4%} of pixels within 1/255")
     assert err <= 1e-5 and rel_l2(one, expected) > 100 * err and frac >= 0.999
-    for scheduler, steps, needle in ((None, 4, "need the LCM scheduler"), ("tcd", 2, "need the LCM scheduler"),
+    for scheduler, steps, needle in ((None, 4, "takes one step"), ("tcd", 2, "samples in several"),
                                      ("lcm:800", 2, "either a timestep"), ("lcm", 9, "from 1 to 8"),
                                      ("lcm", "4", "whole number")):
         with pytest.raises(MusicvizError, match=needle):
             load_pipeline(converted, scheduler=scheduler, steps=steps)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_sd_turbo_euler_in_several_steps_matches_diffusers(tmp_path, steps):
+    """SD-Turbo's own Euler scheduler in 2 and 4 steps (trailing timesteps 999, 499 / 999, 749, 499, 249),
+    with the model's scheduler (no --scheduler): denoised latents and images against diffusers."""
+    from reference import small_kl_checkpoint
+
+    src, converted = small_kl_checkpoint(tmp_path, "sd21", "openclip", "!", "sd-turbo", seed=3)
+    pipe = load_pipeline(converted, steps=steps)
+    assert [s.timestep for s in pipe.scheduler_steps] == {2: [999, 499], 4: [999, 749, 499, 249]}[steps]
+    assert pipe.record["scheduler"] == {"class_name": "EulerDiscreteScheduler", "timestep": 999, "steps": steps}
+    latents = np.random.default_rng(9).standard_normal((2, 16, 16, 4)).astype(np.float32)
+    expected = diffusers_images(src, latents, PROMPT, output_type="latent", num_inference_steps=steps)
+    err = rel_l2(np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    one = rel_l2(np.array(load_pipeline(converted).denoise(mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    frac = pixels_within(np.array(pipe.text_to_image(PROMPT, mx.array(latents))),
+                         diffusers_images(src, latents, PROMPT, num_inference_steps=steps))
+    print(f"SD-Turbo Euler in {steps} steps: denoised latents {err:.1e} (in one step: {one:.1e}); "
+          f"{frac:.4%} of pixels within 1/255")
+    assert err <= 1e-5 and one > 100 * err and frac >= 0.999
+
+
+def test_sdxl_turbo_euler_ancestral_in_several_steps_matches_diffusers(tmp_path, monkeypatch):
+    """SDXL-Turbo's Euler ancestral scheduler in 3 steps (999, 666, 332): each step lands on x0 + σ_down ε
+    + σ_up n, with n the frame's own noise here; diffusers draws n afresh, so its draw is replaced by the
+    same noise for the comparison."""
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral
+    from reference import small_sdxl_checkpoint
+
+    from mlx_musicviz.errors import MusicvizError
+
+    src, converted = small_sdxl_checkpoint(tmp_path, seed=7)
+    pipe = load_pipeline(converted, scheduler="euler_a", steps=3)
+    assert [s.timestep for s in pipe.scheduler_steps] == [999, 666, 332]
+    assert 0 < pipe.scheduler_steps[0].renoise < 1 and pipe.scheduler_steps[-1].alpha_prev == 1.0
+    latents = np.random.default_rng(5).standard_normal((2, 16, 24, 4)).astype(np.float32)
+    monkeypatch.setattr(ancestral, "randn_tensor", lambda shape, **kw: nchw(latents)[: shape[0]])
+    from diffusers import StableDiffusionXLPipeline
+
+    ref = StableDiffusionXLPipeline.from_pretrained(src)
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        expected = ref([PROMPT] * 2, latents=nchw(latents), num_inference_steps=3, height=128, width=192,
+                       guidance_scale=0.0, output_type="latent").images.numpy().transpose(0, 2, 3, 1)
+    err = rel_l2(np.array(pipe.denoise(mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    deterministic = rel_l2(np.array(load_pipeline(converted, scheduler="euler", steps=3).denoise(
+        mx.array(latents), pipe.encode_prompt(PROMPT))), expected)
+    print(f"SDXL-Turbo Euler ancestral in 3 steps: denoised latents {err:.1e} (Euler's: {deterministic:.1e})")
+    assert err <= 1e-5 and deterministic > 100 * err
+    for scheduler, steps, needle in (("tcd", 2, "samples in several"), ("euler:500", 2, "either a timestep")):
+        with pytest.raises(MusicvizError, match=needle):
+            load_pipeline(converted, scheduler=scheduler, steps=steps)
+    with pytest.raises(MusicvizError, match="PNDMScheduler takes one step"):
+        load_pipeline("random:tiny", steps=2)
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     frame grid, 1 to 60. host: 127.0.0.1 by default; any other address needs the token printed with
     the URL. osc_port: also take /prompt s, /motion f, /seed i, /mode s over OSC (UDP) there.
     loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`); scheduler: another
-    scheduler's one step, e.g. "lcm", and LCM's steps (see `load_pipeline`).
+    scheduler's one step, e.g. "lcm", and LCM's or Euler's steps (see `load_pipeline`).
     on_ready(url): called once the server listens (default: print the URL).
     Raises MusicvizError on bad input, a port in use or an unreadable song.
     """
