@@ -176,3 +176,104 @@ def test_live_follows_a_real_input(pulse, tmp_path):
     assert stats["frames_generated"] > 10 and stats["beats"] >= 8, stats
     assert abs(stats["tempo_bpm"] / 128 - 1) < 0.03, stats
     assert stats["error"] is None
+
+
+def play_timed(y, rate=RATE) -> float:
+    """Play `y` into the null sink through PortAudio, blocking; returns the wall-clock time (time.time())
+    at which its first sample reaches the sink, from PortAudio's DAC time of the first buffer."""
+    import sounddevice as sd
+
+    at, first, done = [0], {}, threading.Event()
+
+    def callback(out, frames, when, status):
+        if not first:
+            first["dac"], first["now"] = when.outputBufferDacTime, when.currentTime
+        chunk = y[at[0]:at[0] + frames]
+        out[:len(chunk), 0] = chunk
+        out[len(chunk):, 0] = 0
+        at[0] += frames
+        if at[0] >= len(y):
+            raise sd.CallbackStop
+
+    with sd.OutputStream(rate, channels=1, dtype="float32", device="pulse", callback=callback,
+                         finished_callback=done.set) as stream:
+        wall, clock = time.time(), stream.time
+        done.wait(len(y) / rate + 10)
+        latency = float(stream.latency)
+    dac = first["dac"] if first["dac"] > 0 else first["now"] + latency  # a backend without DAC times
+    return wall + (dac - clock)
+
+
+# Records, in the page, the wall-clock time of each frame it draws and how far its pixels moved from the
+# frame drawn before (the sum of absolute RGB differences): the motion a viewer sees.
+RECORD_SHOWN = """
+window.__shown = [];
+let previous = null;
+const draw = window.show;
+window.show = function (index, frame, now, t) {
+  draw(index, frame, now, t);
+  const canvas = document.getElementById("view");
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let change = 0;
+  if (previous && previous.length === data.length) {
+    for (let i = 0; i < data.length; i += 4) {
+      change += Math.abs(data[i] - previous[i]) + Math.abs(data[i + 1] - previous[i + 1]) + Math.abs(data[i + 2] - previous[i + 2]);
+    }
+  }
+  previous = data;
+  window.__shown.push([(performance.timeOrigin + now) / 1000, change, index]);
+};
+"""
+
+
+@pytest.mark.slow
+def test_the_motion_on_the_page_peaks_on_the_clicks_through_the_whole_path(pulse, tmp_path):
+    """Latency compensation measured through the whole input path: 60-BPM clicks played into the
+    sound server's null sink, `live --input pulse` on its monitor, the frames shown by headless
+    Chromium. Once the tempo is found, the change between consecutive frames on the page (pixels, at
+    the wall-clock times the page drew them) peaks within one frame interval of the clicks (at the
+    times PortAudio says they reached the sink). A beat's peak is the centroid of the change around it
+    (the frame with the most change alone lands a frame either side of it as often as not: the eased
+    step spreads over the beat, and JPEG and the prompt walk add their own small changes)."""
+    import re
+    import sys
+
+    from test_live import chromium
+
+    bpm, seconds = 60.0, 20.0
+    cmd = [sys.executable, "-m", "mlx_musicviz.cli", "live", "--input", "pulse", "-p", "a lighthouse",
+           "--model", "random:tiny", "--size", "64", "--motion", "0.5", "--no-open", "--port", "0"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    browser = None
+    try:
+        url = re.match(r"live: (\S+)", server.stdout.readline())
+        assert url, server.stderr.read() if server.poll() is not None else "no URL"
+        browser = chromium()
+        browser.get(url[1])
+        browser.execute_script(RECORD_SHOWN)
+        y = click_track(bpm, seconds)
+        start = play_timed(y)
+        time.sleep(1.0)
+        shown = np.array(browser.execute_script("return window.__shown"), dtype=float)
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=20)
+    assert len(shown) > 20, f"{len(shown)} frames shown"
+    interval = float(np.median(np.diff(shown[:, 0])))
+    speed = shown[1:, 1] / np.maximum(np.diff(shown[:, 0]), 1e-3)  # pixel change a second between two frames
+    mid = (shown[1:, 0] + shown[:-1, 0]) / 2
+    clicks = start + np.arange(0.2, seconds - 0.1, 60.0 / bpm)
+    errors, centroids = [], []
+    for click in clicks[clicks >= start + 8.0]:  # after the tracker has locked on
+        near = np.abs(mid - click) < 30.0 / bpm
+        if near.sum() >= 2:
+            errors.append(mid[near][np.argmax(speed[near])] - click)
+            w = speed[near] - speed[near].min()
+            centroids.append(float(np.sum(w * mid[near]) / max(np.sum(w), 1e-9)) - click)
+    print(f"{len(shown)} frames shown, interval {interval * 1000:.0f} ms; offsets of the change's centroid from "
+          f"the clicks (ms): {np.round(np.array(centroids) * 1000).tolist()} (median {np.median(centroids) * 1000:.0f}); "
+          f"of its largest frame: {np.round(np.array(errors) * 1000).tolist()}")
+    assert len(centroids) >= 6, (len(centroids), interval)
+    assert np.median(np.abs(centroids)) <= interval, (centroids, interval)
