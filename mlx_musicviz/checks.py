@@ -7,6 +7,7 @@ import numbers
 import operator
 import os
 
+import mlx.core as mx
 import numpy as np
 
 from .audio import MAX_FPS, MIN_FPS, is_sample_pair
@@ -37,6 +38,29 @@ def frame_size(size) -> tuple[int, int]:
         raise MusicvizError(f"size {dims[0]}x{dims[1]} is too large: at most {MAX_PIXELS:,} pixels a frame "
                             "(e.g. 1024x1024 or 1280x768; SDXS-512 was trained at 512x512)")
     return dims[0], dims[1]
+
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}  # compute dtypes, by name
+
+
+def check_dtype(dtype) -> mx.Dtype:
+    """The compute dtype `dtype` names: None or "auto" (the device's: `ops.device.default_dtype`), a name
+    in DTYPES or one of their mlx dtypes."""
+    from .ops.device import default_dtype
+
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return default_dtype()
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, mx.Dtype) and dtype in DTYPES.values():
+        return dtype
+    raise MusicvizError(f"dtype must be auto, float32, float16 or bfloat16 (or mx.float32, mx.float16, mx.bfloat16), "
+                        f"not {dtype!r:.40}")
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    """"float16" for mx.float16."""
+    return str(dtype).removeprefix("mlx.core.")
 
 
 def check_prompt(prompt) -> None:

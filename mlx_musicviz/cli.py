@@ -121,9 +121,13 @@ _STEPS = click.option("--steps", type=int, default=1, show_default=True,
                            "each one more UNet call a frame.")
 
 
+_DTYPE = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+                      show_default=True, help="Compute dtype: auto is float16 on a GPU, float32 on the CPU.")
+
+
 def SCHEDULER_OPTION(fn):  # noqa: N802 - used as a decorator, like the other options
-    """--scheduler and --steps."""
-    return _SCHEDULER(_STEPS(fn))
+    """--scheduler, --steps and --dtype: how the model samples."""
+    return _SCHEDULER(_STEPS(_DTYPE(fn)))
 
 
 def _image_options(fn):

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .checks import check_dtype
 from .errors import MusicvizError
 from .scheduler import check_scheduler
 from .spectrogram import PRESETS, MelParams, check_audio_output, from_unit, mel_to_audio, write_audio
@@ -107,14 +108,14 @@ def check_compose(seconds: float, preset: str, overlap: int, iterations: int) ->
 
 def compose(prompt: str, output, model: str = "IDKiro/sdxs-512-0.9", *, seconds: float = 30.0,
             preset: str = "default", seed: int = 0, overlap: int = 64, iterations: int = 64, loras=(),
-            scheduler: str | None = None, steps: int = 1, pipeline=None, progress=None) -> ComposeResult:
+            scheduler: str | None = None, steps: int = 1, dtype=None, pipeline=None, progress=None) -> ComposeResult:
     """Compose `seconds` of audio from `prompt` and write it to `output` (.wav or .flac), peak at -1 dBFS
     (generated tiles record no level).
 
     preset: the tiles' mel parameters ("default" or "riffusion"; a LoRA should be trained on tiles of
         the same preset). overlap: pixel columns each tile shares with the one before (a multiple of 8).
-    iterations: Griffin-Lim rounds. loras, scheduler, steps: LoRA files fused into the model and another
-        scheduler (LCM or Euler in `steps` steps), as `load_pipeline` takes them.
+    iterations: Griffin-Lim rounds. loras, scheduler, steps, dtype: LoRA files fused into the model, another
+        scheduler (LCM or Euler in `steps` steps) and the compute dtype, as `load_pipeline` takes them.
     progress: called as progress(done_tiles, tiles).
     """
     from .loading import load_pipeline
@@ -126,7 +127,8 @@ def compose(prompt: str, output, model: str = "IDKiro/sdxs-512-0.9", *, seconds:
     columns = math.ceil(seconds * p.sample_rate / p.hop_length) + 1
     count = 1 + max(0, math.ceil((columns - p.tile_width) / (p.tile_width - overlap)))
     check_scheduler(scheduler, steps)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps)
+    check_dtype(dtype)
+    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
     pipe.latent_shape(p.n_mels, p.tile_width)  # a tile the model can make
     tiles = [tile_values(t, p) for t in generate_tiles(pipe, prompt, count, p, overlap, seed, progress)]
     image, starts = join_tiles(tiles, overlap)

@@ -8,19 +8,19 @@ import warnings
 
 import mlx.core as mx
 
-from .errors import MusicvizError
+from .checks import check_dtype, dtype_name
 from .pipeline import DEFAULT_MODEL, Pipeline
 
 
-def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.float32, revision: str | None = None,
+def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=None, revision: str | None = None,
                   bits: int | None = None, group_size: int = 64, mixed: bool = False, loras=(),
                   scheduler: str | None = None, steps: int = 1) -> Pipeline:
     """Load an MLX checkpoint, a diffusers folder, a hub repo id (converted once and cached), or
     `random:NAME` (random weights of a known architecture: see `random_models`).
 
-    dtype: the compute dtype (activations). float32 on the CPU: there mlx has no half-precision
-    BLAS, so float16 and bfloat16 are slower, not faster (a warning says so); on a GPU they halve the
-    memory traffic. bits / group_size / mixed: quantize a float model (converted once into the
+    dtype: the compute dtype (activations): None or "auto" for the device's (float16 on a GPU, where it
+    halves the memory traffic; float32 on the CPU, where mlx has no half-precision BLAS, so float16 and
+    bfloat16 are slower, not faster: a warning says so), "float32", "float16", "bfloat16" or mx dtypes. bits / group_size / mixed: quantize a float model (converted once into the
     cache); a quantized checkpoint needs no flag, its record says how.
     loras: LoRA files fused into the float weights in turn (see `Pipeline.fuse_lora`), before `bits`
     quantizes them: each a path, a (path, scale) pair or "PATH:SCALE".
@@ -34,10 +34,9 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=mx.floa
         steps = check_scheduler(scheduler, steps)  # a bad name fails before the model loads
         pipe = load_pipeline(path_or_repo, dtype, revision, bits, group_size, mixed, loras)
         return pipe.set_scheduler(scheduler, steps)
-    if dtype not in (mx.float32, mx.float16, mx.bfloat16):
-        raise MusicvizError(f"dtype must be mx.float32, mx.float16 or mx.bfloat16, not {dtype}")
+    dtype = check_dtype(dtype)
     if dtype in (mx.float16, mx.bfloat16) and mx.default_device() == mx.cpu:
-        name = str(dtype).removeprefix("mlx.core.")
+        name = dtype_name(dtype)
         warnings.warn(f"{name} compute on the CPU: mlx has no half-precision BLAS there, so a frame takes about "
                       "10x float32's time (float32 is the CPU's dtype; storage bits are separate)", stacklevel=2)
     if isinstance(loras, (str, os.PathLike)):  # one LoRA given bare, not in a list

@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .audio import analyze, short_window
-from .checks import check_audio, check_fps, check_inputs, frame_size
+from .checks import check_audio, check_dtype, check_fps, check_inputs, frame_size
 from .errors import MusicvizError
 from .loading import load_pipeline
 from .note_prompts import default_note_prompts
@@ -144,7 +144,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
            fps: float = 30, seed: int = 0, size: int | tuple[int, int] | str = 512, start: float | None = None,
            duration: float | None = None, mode: str = "focus", batch_size: int = 2, crf: int = 18,
            vae: str = "auto", noise: NoiseWalkConfig | None = None, cadence: int = 1, resume: bool = True,
-           progress=None, loras=(), scheduler: str | None = None, steps: int = 1, pipeline=None) -> RenderResult:
+           progress=None, loras=(), scheduler: str | None = None, steps: int = 1, dtype=None,
+           pipeline=None) -> RenderResult:
     """Render a music video of `audio` (a path or a (samples, sample_rate) pair) driven by `prompt`.
 
     output: the video's path, ending in .mp4, .m4v or .mov (H.264 with AAC audio); default
@@ -162,7 +163,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     progress: called as progress(done_frames, total_frames) after every batch.
     loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`).
     scheduler: another scheduler's one step than the model's, e.g. "lcm" or "tcd:800" (see `load_pipeline`);
-        steps: LCM's or Euler's number of steps (each a UNet call).
+        steps: LCM's or Euler's number of steps (each a UNet call). dtype: the compute dtype (None: the
+        device's, float16 on a GPU and float32 on the CPU; see `load_pipeline`).
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).
@@ -179,6 +181,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         if not 0 <= crf <= MAX_CRF:
             raise MusicvizError(f"crf must be from 0 (lossless) to {MAX_CRF}, got {crf}")
         check_scheduler(scheduler, steps)
+        check_dtype(dtype)
         if not isinstance(cadence, (int, np.integer)) or cadence < 1:
             raise MusicvizError(f"cadence must be a whole number of frames, 1 or more, got {cadence!r}")
         output = default_output(audio) if output is None else output
@@ -190,7 +193,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         times["analysis"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps)
+        pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
         vae = pipe.vae_name(vae)  # "auto" named, so that a resume matches what the frames were made with
         pipe.vae_for(vae)  # a model without that VAE says so now, not after the first batch
         times["load"] = time.perf_counter() - t

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from .audio import NOTE_NAMES
-from .checks import check_inputs, frame_size
+from .checks import check_dtype, check_inputs, frame_size
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
 from .loading import load_pipeline
@@ -72,11 +72,11 @@ def _fit(draw, label: str, width: float) -> str:
 
 def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prompts=None, model=DEFAULT_MODEL,
             seed: int = 0, size=512, vae: str = "auto", batch_size: int = 2, loras=(), scheduler: str | None = None,
-            steps: int = 1, pipeline=None) -> Path:
+            steps: int = 1, dtype=None, pipeline=None) -> Path:
     """Write a still of `prompt` to `output` (PNG, JPEG, ...), or with `notes` a sheet of the prompt and
     its 12 note prompts (default: Scriabin's colours, as render derives them) captioned with their notes.
 
-    loras: [(path, scale), ...] LoRA files fused into the model; scheduler, steps: as `load_pipeline` takes them.
+    loras: [(path, scale), ...] LoRA files fused into the model; scheduler, steps, dtype: as `load_pipeline` takes them.
     Costs one generation per image (13 with `notes`). Raises MusicvizError on bad input; the file is
     written atomically.
     """
@@ -84,13 +84,14 @@ def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prom
 
     check_inputs(prompt, seed, size, batch_size, note_prompts)
     check_scheduler(scheduler, steps)
+    check_dtype(dtype)
     output = check_output_path(output, "preview.png")
     if output.suffix.lower() not in Image.registered_extensions():
         raise MusicvizError(f"cannot write images of type {output.suffix or '(none)'!r}: name the output .png or .jpg")
     prompts = [prompt]
     if notes or note_prompts is not None:
         prompts += list(note_prompts) if note_prompts is not None else default_note_prompts(prompt)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps)
+    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
     images = preview_images(pipe, prompts, size, seed, batch_size, vae)
     picture = contact_sheet(images, ["base: " + prompt] + [f"{n}: {p}" for n, p in zip(NOTE_NAMES, prompts[1:])]) \
         if len(prompts) > 1 else Image.fromarray(images[0])

@@ -315,6 +315,7 @@ def test_another_address_needs_the_token(tmp_path):
         stats = get_json(stats_url(url))
         assert stats["clients"] == 0
         assert stats["scheduler"] == {"class_name": "LCMScheduler", "timestep": 999, "steps": 2}, stats["scheduler"]
+        assert stats["dtype"] == "float32"  # the CPU's default
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -264,3 +264,37 @@ def test_many_songs_name_twins_by_their_kind_and_refuse_a_video_as_the_folder(tm
     refused = cli("render", songs, *args, "-o", tmp_path / "x.mp4")
     assert refused.returncode == 1 and "-o names a folder for them" in refused.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_the_compute_dtype_is_the_devices_unless_told_and_the_progress_line_names_it(tmp_path, monkeypatch):
+    """float16 on a GPU and float32 on the CPU by default (`default_dtype`); the GPU's default taken on the
+    CPU device (as a GPU would, only slower) gives a float16 pipeline whose frames are finite and close to
+    float32's; `--dtype` overrides, the progress line names it, and a bad dtype is one line."""
+    import warnings
+
+    from mlx_musicviz import load_pipeline
+    from mlx_musicviz.checks import check_dtype
+    from mlx_musicviz.ops import device
+
+    assert device.default_dtype(mx.gpu) == mx.float16 and device.default_dtype(mx.cpu) == mx.float32
+    assert check_dtype(None) == check_dtype("auto") == mx.float32  # this machine's CPU device
+    assert check_dtype("bfloat16") == mx.bfloat16 and check_dtype(mx.float16) == mx.float16
+    for bad in ("half", mx.int32, 16):
+        with pytest.raises(MusicvizError, match="dtype must be auto, float32"):
+            check_dtype(bad)
+    assert load_pipeline("random:tiny").dtype == mx.float32
+    monkeypatch.setattr(device, "default_dtype", lambda d=None: mx.float16)  # as on a GPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float16 on the CPU device is slow, and says so
+        half = load_pipeline("random:tiny")
+    assert half.dtype == mx.float16
+    latents = mx.random.normal((1, 8, 8, 4), key=mx.random.key(0))
+    embeds = half.encode_prompt("a lighthouse")
+    got = np.array(half.denoise(latents, embeds).astype(mx.float32))
+    full = np.array(load_pipeline("random:tiny", dtype="float32").denoise(latents, embeds))
+    assert np.isfinite(got).all() and np.linalg.norm(got - full) / np.linalg.norm(full) < 2e-2
+    r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "--duration", "0.5",
+            "--dtype", "bfloat16", "-o", str(tmp_path / "v.mp4"))
+    assert r.returncode == 0 and "frames (bfloat16)" in r.stderr, r.stderr
+    r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--dtype", "half", "-o", str(tmp_path / "w.mp4"))
+    assert r.returncode != 0 and "'half' is not one of 'auto', 'float32', 'float16', 'bfloat16'" in r.stderr

@@ -22,7 +22,7 @@ from ..cli import LORA_OPTION, SCHEDULER_OPTION, friendly_errors, main
               help="Pixel columns each tile shares with the one before (a multiple of 8; 0: tiles side by side).")
 @click.option("--iterations", type=int, default=64, show_default=True, help="Griffin-Lim rounds (more: better phase).")
 @friendly_errors
-def compose(prompt, output, model, loras, scheduler, steps, seconds, preset, seed, overlap, iterations):
+def compose(prompt, output, model, loras, scheduler, steps, dtype, seconds, preset, seed, overlap, iterations):
     """Compose audio from a prompt: consecutive mel-spectrogram tiles, each continuing the one before,
     turned into sound as `spec2audio` does (peak at -1 dBFS).
 
@@ -40,6 +40,6 @@ def compose(prompt, output, model, loras, scheduler, steps, seconds, preset, see
         click.echo(f"\r  tile {done}/{total}", nl=False, err=True)
 
     result = make(prompt, output, model, seconds=seconds, preset=preset, seed=seed, overlap=overlap,
-                  iterations=iterations, loras=loras, scheduler=scheduler, steps=steps, progress=progress)
+                  iterations=iterations, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype, progress=progress)
     click.echo("", err=True)
     click.echo(f"{result.output}: {result.seconds:.2f} s from {result.tiles} tile{'s' if result.tiles != 1 else ''}")

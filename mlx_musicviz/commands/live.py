@@ -27,7 +27,7 @@ from ..errors import MusicvizError
 @click.option("--osc", "osc_port", type=int, default=None, help="Also take /prompt, /motion, /seed, /mode over OSC on this UDP port.")
 @click.option("--no-open", is_flag=True, help="Do not open the page in the browser.")
 @friendly_errors
-def live_command(song, prompt, input_device, model, size, fps, seed, loras, scheduler, steps, mode, beat_grid, motion, host, port,
+def live_command(song, prompt, input_device, model, size, fps, seed, loras, scheduler, steps, dtype, mode, beat_grid, motion, host, port,
                  osc_port, no_open):
     """Show the video of SONG in a browser page as it plays (frames made ahead of the music), or of a
     live audio input (--input: a microphone, line-in or a sound server's monitor) as it arrives.
@@ -66,6 +66,6 @@ def live_command(song, prompt, input_device, model, size, fps, seed, loras, sche
     try:
         live(song, prompt, input=input_device, model=model, on_ready=ready, size=size, fps=fps, seed=seed, motion=motion, mode=mode, grid=beat_grid,
              host=host, port=port, open_browser=not no_open, osc_port=osc_port, loras=loras,
-             scheduler=scheduler, steps=steps)
+             scheduler=scheduler, steps=steps, dtype=dtype)
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a live session ends
         click.echo("live: stopped", err=True)

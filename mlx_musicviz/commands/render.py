@@ -25,7 +25,9 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     target = Path(output or default_output(song)).expanduser()
     if target.is_file() and not same_file(target, song) and not is_helper():
         click.echo(f"warning: {target} exists; the new video replaces it when the render finishes", err=True)
-    bar = {}
+    from ..checks import check_dtype, dtype_name
+
+    bar, dtype = {}, dtype_name(check_dtype(kw.get("dtype")))
 
     def progress(done, total):
         import time
@@ -34,13 +36,13 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
         now = time.perf_counter()
         if not bar:
             bar.update(t0=now, done0=done)
-            click.echo(f"\r  {done}/{total} frames", nl=False, err=True)
+            click.echo(f"\r  {done}/{total} frames ({dtype})", nl=False, err=True)
             return
         fps = (done - bar["done0"]) / max(now - bar["t0"], 1e-9)
         rtf = fps / kw["fps"]
         eta = (total - done) / max(fps, 1e-9)
-        click.echo(f"\r  {done}/{total} frames  {fps:5.2f} fps  {rtf:5.3f}x real time  ETA {eta:6.0f} s", nl=False,
-                   err=True)
+        click.echo(f"\r  {done}/{total} frames ({dtype})  {fps:5.2f} fps  {rtf:5.3f}x real time  ETA {eta:6.0f} s",
+                   nl=False, err=True)
 
     try:
         result = render(song, prompt, output=output, model=model, note_prompts=note_prompts,

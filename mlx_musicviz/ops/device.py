@@ -32,6 +32,14 @@ def on_cpu(x: mx.array) -> bool:
     return mx.default_device() == mx.cpu and x.dtype == mx.float32 and not differentiating()
 
 
+def default_dtype(device=None) -> mx.Dtype:
+    """The compute dtype a model runs in unless told otherwise, on `device` (default: mlx's): float16 on
+    a GPU (Metal or CUDA; half the memory traffic, and on the one GPU measured float16 frames were as fast
+    as bfloat16's or faster), float32 on the CPU, where mlx has no half-precision BLAS."""
+    device = mx.default_device() if device is None else device
+    return mx.float32 if device == mx.cpu else mx.float16
+
+
 def prefers_quantized_matmul() -> bool:
     """Whether quantized layers multiply their packed weights directly (mlx's quantized matmul, fast on
     a GPU) rather than unpacking them to a float kernel first (faster on the CPU)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import dtype_name
 from ..errors import MusicvizError
 
 PAGE = Path(__file__).resolve().parent / "page.html"
@@ -144,6 +145,7 @@ def make_app(state: LiveState, generator, song_path: Path | None, token: str | N
             "settings": vars(generator.frames.settings),
             "scheduler": {"steps": len(generator.frames.pipe.scheduler_steps),
                           **generator.frames.pipe.record.get("scheduler", {"timestep": generator.frames.pipe.scheduler.timestep})},
+            "dtype": dtype_name(generator.frames.pipe.dtype),
             "error": generator.error,
             **generator.analysis(),
         }

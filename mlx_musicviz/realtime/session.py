@@ -14,7 +14,7 @@ import webbrowser
 from pathlib import Path
 
 from ..audio import analyze
-from ..checks import frame_size
+from ..checks import check_dtype, frame_size
 from ..errors import MusicvizError
 from ..loading import load_pipeline
 from ..pipeline import DEFAULT_MODEL
@@ -87,7 +87,7 @@ def apply_change(generator: Generator, name, value) -> str | None:
 def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: float = 24, seed: int = 0,
          motion: float = 0.25, mode: str = "focus", grid: str = "quarter", host: str = "127.0.0.1", port: int = 8765,
          open_browser: bool = True, osc_port: int | None = None, batch_size: int = 1, ahead: float = 3.0,
-         loras=(), scheduler: str | None = None, steps: int = 1, pipeline=None, on_ready=None,
+         loras=(), scheduler: str | None = None, steps: int = 1, dtype=None, pipeline=None, on_ready=None,
          stop: threading.Event | None = None) -> None:
     """Serve the live page for `song` (a path), or with `input` for a live audio input (a device's
     index or name, see `audio_input.find_device`; song None), until interrupted (or `stop` is set).
@@ -96,7 +96,7 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     frame grid, 1 to 60. host: 127.0.0.1 by default; any other address needs the token printed with
     the URL. osc_port: also take /prompt s, /motion f, /seed i, /mode s over OSC (UDP) there.
     loras: [(path, scale), ...] LoRA files fused into the model (see `load_pipeline`); scheduler: another
-    scheduler's one step, e.g. "lcm", and LCM's or Euler's steps (see `load_pipeline`).
+    scheduler's one step, e.g. "lcm", and LCM's or Euler's steps; dtype: the compute dtype (see `load_pipeline`).
     on_ready(url): called once the server listens (default: print the URL).
     Raises MusicvizError on bad input, a port in use or an unreadable song.
     """
@@ -108,13 +108,14 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     settings = LiveSettings(prompt, motion=motion, seed=seed, mode=mode, grid=grid).check()
     frame_size(size)
     check_scheduler(scheduler, steps)
+    check_dtype(dtype)
     check_free(host, port)  # before the song's analysis and the model's load, which take seconds
     loop = asyncio.new_event_loop()
     if input is not None:
         if song is not None:
             raise MusicvizError("give a song or --input, not both")
         _follow_input(input, settings, lambda: pipeline or load_pipeline(model, loras=loras, scheduler=scheduler,
-                                                                         steps=steps), size, fps, loop,
+                                                                         steps=steps, dtype=dtype), size, fps, loop,
                       lambda generator, state: _serve(loop, state, generator, None, host, port, open_browser, osc_port,
                                                       on_ready, stop))
         return
@@ -122,7 +123,7 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
         raise MusicvizError("give a song to play, or --input for a live audio input")
     path = Path(song)
     features = analyze(path, fps=fps)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps)
+    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
     frames = SongFrames(pipe, features, settings, size=size, batch_size=batch_size)
     state = LiveState(frames.fps)
     generator = Generator(frames, lambda i, jpeg: loop.call_soon_threadsafe(state.add_frame, i, jpeg), ahead=ahead)
