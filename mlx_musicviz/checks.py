@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from .audio import MAX_FPS, MIN_FPS, is_sample_pair
+from .checkpoint_format import DTYPES
 from .errors import MusicvizError
 
 # The largest frame: the UNet's self-attention at its first level holds (pixels / 64)^2 float32
@@ -38,9 +39,6 @@ def frame_size(size) -> tuple[int, int]:
         raise MusicvizError(f"size {dims[0]}x{dims[1]} is too large: at most {MAX_PIXELS:,} pixels a frame "
                             "(e.g. 1024x1024 or 1280x768; SDXS-512 was trained at 512x512)")
     return dims[0], dims[1]
-
-
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}  # compute dtypes, by name
 
 
 def check_dtype(dtype) -> mx.Dtype:

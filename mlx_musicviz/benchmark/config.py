@@ -18,7 +18,6 @@ from ..timing import median_time
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
 COMPONENTS = ("text_encoder", "unet", "vae", "frame")
 LAYER_BURST = 3  # timed calls back to back in one turn of `time_layers`
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PROMPT = "a lighthouse on a cliff in a storm, oil painting"
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..checkpoint_format import DTYPES
 from ..timing import call_seconds
-from .config import COMPONENTS, DTYPES, PROMPT, BenchConfig, BenchResult, level_peak, machine_info, matmul_peak, on_gpu
+from .config import COMPONENTS, PROMPT, BenchConfig, BenchResult, level_peak, machine_info, matmul_peak, on_gpu
 from .flops import count_flops
 from .interleave import _layer_summary, _paired_ratio, _timing_fields, interleaved_times, time_layers
 from .profile import profile_frames
