@@ -16,6 +16,7 @@ from .errors import MusicvizError
 from .models import AutoencoderTiny, CLIPTokenizer, SchedulerConfig, build_model
 from .models.configs import read_json
 from .models.quantized import MIXED_PRESET, apply_plan, quantize_module, set_compute, weight_bytes
+from .ops.device import differentiable
 from .scheduler import OneStepScheduler
 from .weights import cast_floats, load_into, load_safetensors
 
@@ -43,6 +44,7 @@ class Pipeline:
         self._vae_large = None
         self._build_vae_large = None  # random models: builds the large VAE when it is first used
         self._kl_encoder = None
+        self.compiled = False  # run the steps and decodes through mx.compile (see `_compiled`)
         self._embed_timestep()
 
     @classmethod
@@ -118,6 +120,7 @@ class Pipeline:
         again whenever the UNet or the scheduler changes."""
         self._tembs = [self.unet.time_embed(step.timestep) for step in self.scheduler_steps]
         mx.eval(self._tembs)
+        self._compiled_fns = {}  # traced with the weights as they were: traced again after a change
 
     def set_scheduler(self, scheduler: str | None = None, steps: int = 1) -> "Pipeline":
         """Sample with another scheduler than the checkpoint's: "lcm" (LCM-LoRA), "tcd:800" (Hyper-SD's 1-step
@@ -286,7 +289,24 @@ class Pipeline:
         self.check_inputs(latents, prompt_embeds)
         if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
             prompt_embeds = mx.broadcast_to(prompt_embeds, (latents.shape[0], *prompt_embeds.shape[1:]))
-        return self._denoise(latents, prompt_embeds)
+        return self._compiled("denoise", self._denoise)(latents, prompt_embeds)
+
+    def _compiled(self, key: str, fn):
+        """`fn`, or with `compiled` set its mx.compile'd form (traced once per input shape and dtype; the
+        weights, timesteps and scheduler coefficients as constants): one graph whose elementwise work
+        fuses, fewer kernel launches on a GPU. It is traced through mlx's own operations, as on a GPU,
+        also on the CPU device (whose fast paths, the C++ kernels among them, are not for tracing)."""
+        if not self.compiled:
+            return fn
+        if key not in self._compiled_fns:
+            traced = mx.compile(fn)
+
+            def run(*args):
+                with differentiable():  # mlx's operations, as on a GPU (only the first call traces)
+                    return traced(*args)
+
+            self._compiled_fns[key] = run
+        return self._compiled_fns[key]
 
     def predict_noise(self, latents: mx.array, prompt_embeds: mx.array, step: int = 0) -> mx.array:
         """The UNet's noise prediction at the timestep of `scheduler_steps[step]` (its embedding computed
@@ -335,8 +355,8 @@ class Pipeline:
     def decode(self, latents: mx.array, vae: str = "auto") -> mx.array:
         """Latents -> uint8 images, as diffusers' pipeline post-processes them."""
         model = self.vae_for(vae)
-        images = model.decode(latents / model.config.scaling_factor)
-        return to_uint8(images)
+        decode = lambda z: to_uint8(model.decode(z / model.config.scaling_factor))  # noqa: E731
+        return self._compiled(f"decode-{self.vae_name(vae)}", decode)(latents)
 
     def encode_images(self, images: mx.array) -> mx.array:
         """NHWC images in [-1, 1] -> the UNet's latents: the VAE's encoding (a KL VAE's mean) times its

@@ -402,3 +402,13 @@ def test_markdown_names_the_gpu_tf32_and_the_half_precision_peaks():
     text = markdown(BenchResult(config=result.config, machine=cpu, matmul_gflops=200.0, matmul_gflops_by={"mlx": 200.0},
                                 flops={"unet": 1e9}))
     assert "Device(cpu, 0), BLAS: libblas.so" in text and "half-precision" not in text and "TF32" not in text
+
+
+def test_levels_may_be_compiled_and_bad_ones_are_one_line():
+    from mlx_musicviz.benchmark import BenchConfig
+    from mlx_musicviz.errors import MusicvizError
+
+    BenchConfig(levels=("float32", "float16+compile", "4bit+compile")).check()
+    for bad in ("float32+fast", "float16+compile+compile", "8bit+"):
+        with pytest.raises(MusicvizError, match="unknown level"):
+            BenchConfig(levels=(bad,)).check()

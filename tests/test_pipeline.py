@@ -223,6 +223,33 @@ def test_sdxl_turbo_euler_ancestral_in_several_steps_matches_diffusers(tmp_path,
 
 
 @pytest.mark.slow
+def test_compiled_calls_equal_uncompiled_ones():
+    """`Pipeline.compiled` (mx.compile, for the GPU; traced through mlx's own operations): denoised latents
+    and images equal the uncompiled calls through the same operations, and the CPU's fast paths within
+    float rounding; a new scheduler (or LoRA, or quantization) traces again. The first trace on a fresh
+    machine compiles the CPU backend's kernels (about a minute); later runs load them."""
+    from mlx_musicviz.ops.device import differentiable
+
+    for name, shape in (("random:tiny", (2, 8, 8, 4)), ("random:tiny-sdxl", (1, 8, 16, 4))):
+        pipe = load_pipeline(name)
+        latents = mx.random.normal(shape, key=mx.random.key(0))
+        embeds = pipe.encode_prompt("a lighthouse")
+        fast = np.array(pipe.denoise(latents, embeds))
+        with differentiable():
+            plain, plain_images = np.array(pipe.denoise(latents, embeds)), np.array(pipe.generate(latents, embeds))
+        pipe.compiled = True
+        got, images = np.array(pipe.denoise(latents, embeds)), np.array(pipe.generate(latents, embeds))
+        assert rel_l2(got, plain) <= 1e-6 and rel_l2(got, fast) <= 1e-5, name
+        assert np.abs(images.astype(int) - plain_images.astype(int)).max() <= 1, name
+        pipe.set_scheduler("lcm", steps=2)
+        with differentiable():
+            pipe.compiled = False
+            lcm = np.array(pipe.denoise(latents, embeds))
+        pipe.compiled = True
+        assert rel_l2(np.array(pipe.denoise(latents, embeds)), lcm) <= 1e-6 and rel_l2(lcm, plain) > 1e-2, name
+
+
+@pytest.mark.slow
 def test_full_size_sdxs09_pipeline_matches_diffusers(tmp_path):
     """sdxs-512-0.9's full architecture (random weights) at 512x512."""
     from reference import (

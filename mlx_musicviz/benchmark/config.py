@@ -16,6 +16,7 @@ from ..errors import MusicvizError
 from ..timing import median_time
 
 LEVELS = ("float32", "float16", "bfloat16", "8bit", "4bit")
+COMPILED = "+compile"  # a level's suffix: its pipeline runs through mx.compile (`Pipeline.compiled`)
 COMPONENTS = ("text_encoder", "unet", "vae", "frame")
 LAYER_BURST = 3  # timed calls back to back in one turn of `time_layers`
 PROMPT = "a lighthouse on a cliff in a storm, oil painting"
@@ -42,9 +43,11 @@ class BenchConfig:
         cannot time."""
         from ..pipeline import VAE_CHOICES
 
-        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        unknown = [lv for lv in self.levels if base_level(lv) not in LEVELS or lv.count("+") > 1
+                   or (lv != base_level(lv) and not lv.endswith(COMPILED))]
         if unknown:
-            raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+            raise MusicvizError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}, each also as "
+                                f"LEVEL{COMPILED} (compiled with mx.compile)")
         if self.vae not in VAE_CHOICES:
             raise MusicvizError(f"unknown VAE {self.vae!r}; choose from {', '.join(VAE_CHOICES)}")
         if not self.batches or any(b < 1 for b in self.batches):
@@ -132,7 +135,12 @@ def _gpu_name() -> str | None:
         return "GPU"
 
 
+def base_level(level: str) -> str:
+    """"float16" for "float16+compile": the level without its compilation."""
+    return level.partition("+")[0]
+
+
 def level_peak(result: BenchResult, level: str) -> float:
     """GFLOP/s of the matmul peak a level is measured against: its dtype's where the run measured one
     (half precision on a GPU), else float32's (quantized levels compute in float32)."""
-    return result.matmul_gflops_by_dtype.get(level, result.matmul_gflops)
+    return result.matmul_gflops_by_dtype.get(base_level(level), result.matmul_gflops)

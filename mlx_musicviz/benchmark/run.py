@@ -27,7 +27,17 @@ import numpy as np
 
 from ..checkpoint_format import DTYPES
 from ..timing import call_seconds
-from .config import COMPONENTS, PROMPT, BenchConfig, BenchResult, level_peak, machine_info, matmul_peak, on_gpu
+from .config import (
+    COMPONENTS,
+    PROMPT,
+    BenchConfig,
+    BenchResult,
+    base_level,
+    level_peak,
+    machine_info,
+    matmul_peak,
+    on_gpu,
+)
 from .flops import count_flops
 from .interleave import _layer_summary, _paired_ratio, _timing_fields, interleaved_times, time_layers
 from .profile import profile_frames
@@ -40,15 +50,20 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _pipeline(source, level: str, group_size: int, vae: str = "auto"):
     """The pipeline of a level; a quantized level quantizes what `convert --bits` does by default
-    (the text encoders, the UNet and, when it decodes, SDXS's large VAE: tiny VAEs stay float)."""
+    (the text encoders, the UNet and, when it decodes, SDXS's large VAE: tiny VAEs stay float); a
+    "+compile" level runs it through mx.compile."""
     from ..loading import load_pipeline
 
-    if level in DTYPES:
-        return load_pipeline(source, dtype=DTYPES[level])
-    bits = int(level.removesuffix("bit"))
-    pipe = load_pipeline(source)
-    large = pipe.vae_name(vae) == "large" and pipe.vae_for(vae) is not pipe.vae
-    return pipe.quantize(bits, group_size, components=(*pipe.text_encoders(), "unet", *(("vae_large",) if large else ())))
+    base = base_level(level)
+    if base in DTYPES:
+        pipe = load_pipeline(source, dtype=DTYPES[base])
+    else:
+        pipe = load_pipeline(source)
+        large = pipe.vae_name(vae) == "large" and pipe.vae_for(vae) is not pipe.vae
+        pipe.quantize(int(base.removesuffix("bit")), group_size,
+                      components=(*pipe.text_encoders(), "unet", *(("vae_large",) if large else ())))
+    pipe.compiled = level != base
+    return pipe
 
 
 def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult:
@@ -74,9 +89,10 @@ def run_benchmark(config: BenchConfig, reference=None, log=print) -> BenchResult
            else f"; mlx's BLAS {result.machine['blas']})"))
     if on_gpu():  # half precision has its own, much higher peak there (on the CPU it is float32's at best)
         for level in config.levels:
-            if level in DTYPES and level != "float32":
-                result.matmul_gflops_by_dtype[level] = matmul_peak(dtype=DTYPES[level])
-                log(f"{level} matmul peak: {result.matmul_gflops_by_dtype[level]:.0f} GFLOP/s (mlx)")
+            base = base_level(level)
+            if base in DTYPES and base != "float32" and base not in result.matmul_gflops_by_dtype:
+                result.matmul_gflops_by_dtype[base] = matmul_peak(dtype=DTYPES[base])
+                log(f"{base} matmul peak: {result.matmul_gflops_by_dtype[base]:.0f} GFLOP/s (mlx)")
     source = config.model
     if reference is not None:  # convert once beside the reference's files (removed with them), not into the cache
         from ..convert import convert_checkpoint

@@ -37,7 +37,7 @@ _QUICK_SETS = ("model", "size", "levels", "batches", "runs", "render_seconds", "
 @click.option("--model", default="random:sdxs-512-0.9", show_default=True, help="Model to time (random:NAME needs no download).")
 @click.option("--size", type=int, default=512, show_default=True)
 @click.option("--levels", default="float32,8bit,4bit", show_default=True,
-              help="Comma-separated: float32, float16, bfloat16, 8bit, 4bit.")
+              help="Comma-separated: float32, float16, bfloat16, 8bit, 4bit; each also as LEVEL+compile (through mx.compile).")
 @click.option("--batches", default="1,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
 @click.option("--runs", type=int, default=3, show_default=True, help="Timed rounds; in each, every level and PyTorch run each component once, taking turns (median).")
