@@ -24,7 +24,7 @@ from .decode import (
 )
 from .filters import frames_to_time, power_to_db
 from .grid import HOP, N_FFT
-from .numba_kernels import fast_kernels, kernels
+from .numba_kernels import analysed, fast_kernels, kernels
 from .onsets import onset_backtrack, onset_detect
 from .segments import agglomerative, mfcc_sequence
 from .spectral import (
@@ -253,6 +253,7 @@ def analyze(audio, fps: float = 30.0, start: float | None = None, duration: floa
         reach = min(0.16, 0.35 * float(np.median(np.diff(beat_times))))
         beat_times = _refine_on_envelope(beat_times, f.attack, sr, before=reach, after=reach)
     mel_db = power_to_db(f.mel)
+    analysed()  # the process analyses again: numba's kernels from now on
     return AudioFeatures(
         fps=float(fps),
         duration=seconds,

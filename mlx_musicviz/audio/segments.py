@@ -21,7 +21,9 @@ def agglomerative(data: np.ndarray, k: int) -> np.ndarray:
     """Start indices (the first 0) of the k contiguous segments of the columns of `data` (features,
     steps) that Ward's criterion finds when neighbours alone may merge: again and again the two
     adjacent segments whose merge adds least to the within-segment variance (n_a n_b / (n_a + n_b)
-    times the squared distance of their means) become one, ties to the earlier-made pair."""
+    times the squared distance of their means) become one. Ties go as scikit-learn's heap breaks them: to
+    the pair whose newer member was made first, then whose older member was (leaves are made first,
+    in order)."""
     x = np.asarray(data, float).T
     n = len(x)
     k = max(1, min(k, n))
@@ -29,26 +31,24 @@ def agglomerative(data: np.ndarray, k: int) -> np.ndarray:
     total = x.copy()
     left, right = np.arange(-1, n - 1), np.arange(1, n + 1)  # neighbouring segments, by their first step
     right[-1] = -1
-    version = np.zeros(n, dtype=int)  # a segment's id changes when it grows, so stale heap entries are skipped
-    heap = [(_ward(count, total, i, i + 1), i + 1, i, 0, 0) for i in range(n - 1)]
+    node = np.arange(n)  # each segment's node number in scikit-learn's tree: leaves 0..n-1, merges n, n + 1, ...
+    heap = [(_ward(count, total, i + 1, i), i + 1, i, i, i + 1) for i in range(n - 1)]
     heapq.heapify(heap)
     segments, made = n, n
     while segments > k:
-        _, _, a, va, vb = heapq.heappop(heap)
-        b = right[a]
-        if b < 0 or version[a] != va or version[b] != vb:
-            continue
+        _, newer, older, a, b = heapq.heappop(heap)  # a, b: the pair's segments, by their first step
+        if right[a] != b or {node[a], node[b]} != {newer, older}:
+            continue  # a member has grown since
         count[a] += count[b]
         total[a] += total[b]
         right[a] = right[b]
         if right[b] >= 0:
             left[right[b]] = a
         right[b] = -1
-        version[a] = made = made + 1
-        segments -= 1
-        for p, q in ((left[a], a), (a, right[a])):
-            if p >= 0 and q >= 0:
-                heapq.heappush(heap, (_ward(count, total, p, q), made, p, version[p], version[q]))
+        node[a], made, segments = made, made + 1, segments - 1
+        for other in (left[a], right[a]):
+            if other >= 0:
+                heapq.heappush(heap, (_ward(count, total, a, other), node[a], node[other], min(a, other), max(a, other)))
     starts = [0]
     while right[starts[-1]] >= 0:
         starts.append(int(right[starts[-1]]))
@@ -56,5 +56,8 @@ def agglomerative(data: np.ndarray, k: int) -> np.ndarray:
 
 
 def _ward(count: np.ndarray, total: np.ndarray, a: int, b: int) -> float:
-    diff = total[a] / count[a] - total[b] / count[b]
-    return float(np.dot(diff, diff) * (count[a] * count[b] / (count[a] + count[b])))
+    """The merge cost of segments a and b, summed in scikit-learn's order (so equal costs tie alike)."""
+    squares = 0.0
+    for d in (total[a] / count[a] - total[b] / count[b]).tolist():
+        squares += d * d
+    return squares * (count[a] * count[b] / (count[a] + count[b]))
