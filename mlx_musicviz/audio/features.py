@@ -97,7 +97,8 @@ def beat_summary(features: AudioFeatures) -> str:
 
 def short_window(features: AudioFeatures, duration: float | None) -> str | None:
     """What to tell a user whose window (`duration` seconds asked for) the song's end cut short, else None."""
-    if duration is None or features.n_frames >= frame_count(duration, features.fps):
+    if duration is None or features.n_frames >= frame_count(duration, features.fps) \
+            or features.duration >= duration - 1.0 / SAMPLE_RATE:  # the window's samples were all there
         return None
     return f"the song ends {features.duration:.2f} s after the start: the window is that long, not {duration:g} s"
 

@@ -45,7 +45,7 @@ def analyze(song, fps, start, duration, chart, live, json_out, mode, beat_grid, 
 
         check_chart_path(chart)
     f = run(song, fps=fps, start=start, duration=duration)
-    click.echo(f"{song}: {f.duration:.2f} s, {f.n_frames} frames at {fps:g} fps, {beat_summary(f)}, "
+    click.echo(f"{song}: {f.duration:.2f} s, {counted(f.n_frames, 'frame')} at {fps:g} fps, {beat_summary(f)}, "
                f"{counted(len(f.onset_times), 'onset')}, sections at " + ", ".join(f"{s:.1f}" for s in f.section_times) + " s")
     if short_window(f, duration):
         click.echo(f"warning: {short_window(f, duration)}", err=True)

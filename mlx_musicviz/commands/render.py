@@ -14,6 +14,7 @@ from ..walkers import NoiseWalkConfig
 
 
 def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat_grid, motion, restart, **kw):
+    from ..audio import counted
     from ..note_prompts import read_note_prompts
     from ..pipeline import DEFAULT_MODEL
     from ..rendering import default_output, render, same_file
@@ -59,12 +60,10 @@ def _run_render(song, prompt, output, model, note_prompts, section_prompts, beat
     t = result.times
     keyframes = f", {result.keyframes} of them generated" if result.keyframes < result.frames else ""
     keyframes += f", continued after {result.resumed} kept frames" if result.resumed else ""
-    click.echo(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps ({result.duration:.1f} s{keyframes}); "
+    click.echo(f"wrote {result.output}: {counted(result.frames, 'frame')} at {result.fps:g} fps ({result.duration:.1f} s{keyframes}); "
                f"analysis {t['analysis']:.1f} s, model {t['model']:.1f} s, encode {t['encode']:.1f} s, "
                f"total {t['total']:.1f} s; peak mlx memory {result.peak_memory / 2**20:.0f} MiB")
     if "transfer" in t:  # shared by mlx.launch's processes
-        from ..audio import counted
-
         click.echo(f"shared: {counted(t['units'], 'unit')} made here; {t['waiting']:.2f} s waiting for the others, "
                    f"{t['transfer']:.3f} s moving {t['moved'] / 2**20:.1f} MiB of segments")
 
