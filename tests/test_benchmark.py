@@ -412,3 +412,18 @@ def test_levels_may_be_compiled_and_bad_ones_are_one_line():
     for bad in ("float32+fast", "float16+compile+compile", "8bit+"):
         with pytest.raises(MusicvizError, match="unknown level"):
             BenchConfig(levels=(bad,)).check()
+
+
+def test_results_json_is_strict_json():
+    """The PSNR of identical frames is infinite: results.json writes it as null, not Infinity, which
+    strict JSON readers refuse."""
+    from mlx_musicviz.benchmark.config import BenchResult
+
+    result = BenchResult(config={}, machine={})
+    result.rows = [{"frame_psnr": float("inf"), "rounds_s": {"frame": [0.5, float("nan")]}}]
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    data = json.loads(result.to_json(), parse_constant=refuse)
+    assert data["rows"] == [{"frame_psnr": None, "rounds_s": {"frame": [0.5, None]}}]

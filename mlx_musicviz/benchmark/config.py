@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -80,7 +81,18 @@ class BenchResult:
     profile: list = field(default_factory=list)  # one per batch x kind of work (`profile_frames`)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, default=float)
+        """Strict JSON: an infinite figure (the PSNR of identical frames) is written as null."""
+        return json.dumps(_finite(json.loads(json.dumps(self.__dict__, default=float))), indent=2, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def on_gpu() -> bool:

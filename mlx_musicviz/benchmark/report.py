@@ -27,7 +27,7 @@ def markdown(result: BenchResult) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
         err = f"{r['unet_rel_l2']:.4f}" if "unet_rel_l2" in r else "-"
-        psnr = f"{r['frame_psnr']:.1f}" if "frame_psnr" in r else "-"
+        psnr = f"{r['frame_psnr']:.1f}" if r.get("frame_psnr") is not None else "-"
         ratio = f"{r['over_float32']['frame']:.2f}x" if "over_float32" in r else "-"
         lines.append(f"| {r['level']} | {r['batch']} | {r['frame_s']:.3f} | {ratio} | {r['fps']:.2f} | {r['unet_s']:.3f} | "
                      f"{r['vae_s']:.3f} | {r['text_encoder_s']:.3f} | {r['unet_gflops']:.0f} ({r['unet_peak_fraction']:.0%}) | "
