@@ -9,6 +9,7 @@ import contextlib
 import functools
 import signal
 import sys
+import warnings
 
 import click
 
@@ -51,13 +52,19 @@ def _stop_signals_interrupt():
             signal.signal(getattr(signal, name), handler)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A library warning on the command line: `warning: ...`, as the commands' own, not a source line."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def friendly_errors(fn):
     """Run a command; turn expected failures into `error: ...` and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _stop_signals_interrupt():
+            with _stop_signals_interrupt(), warnings.catch_warnings():
+                warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except MusicvizError as e:
             click.echo(f"error: {_with_notes(e)}", err=True)
@@ -117,8 +124,8 @@ _SCHEDULER = click.option("--scheduler", default=None, metavar="NAME[:T]",
                           help="Take the one step as another scheduler does: lcm (LCM-LoRA), tcd:800 (Hyper-SD's "
                                "1-step LoRA), euler, euler_a, ddim or pndm, at timestep T if given (default: the model's).")
 _STEPS = click.option("--steps", type=int, default=1, show_default=True,
-                      help="Steps, 1 to 8, with LCM (--scheduler lcm) or Euler (SD-Turbo's and SDXL-Turbo's own): "
-                           "each one more UNet call a frame.")
+                      help="Steps, 1 to 8, with LCM (--scheduler lcm) or Euler (euler: SD-Turbo's own; euler_a: "
+                           "SDXL-Turbo's): each one more UNet call a frame.")
 
 
 _DTYPE = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",

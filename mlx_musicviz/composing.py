@@ -118,7 +118,7 @@ def compose(prompt: str, output, model: str = "IDKiro/sdxs-512-0.9", *, seconds:
         scheduler (LCM or Euler in `steps` steps) and the compute dtype, as `load_pipeline` takes them.
     progress: called as progress(done_tiles, tiles).
     """
-    from .loading import load_pipeline
+    from .loading import pipeline_for
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise MusicvizError("the prompt is empty; describe what to hear")
@@ -128,7 +128,7 @@ def compose(prompt: str, output, model: str = "IDKiro/sdxs-512-0.9", *, seconds:
     count = 1 + max(0, math.ceil((columns - p.tile_width) / (p.tile_width - overlap)))
     check_scheduler(scheduler, steps)
     check_dtype(dtype)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
+    pipe = pipeline_for(pipeline, model, loras, scheduler, steps, dtype)
     pipe.latent_shape(p.n_mels, p.tile_width)  # a tile the model can make
     tiles = [tile_values(t, p) for t in generate_tiles(pipe, prompt, count, p, overlap, seed, progress)]
     image, starts = join_tiles(tiles, overlap)

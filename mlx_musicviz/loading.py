@@ -9,6 +9,7 @@ import warnings
 import mlx.core as mx
 
 from .checks import check_dtype, dtype_name
+from .errors import MusicvizError
 from .pipeline import DEFAULT_MODEL, Pipeline
 
 
@@ -54,3 +55,21 @@ def load_pipeline(path_or_repo: str | os.PathLike = DEFAULT_MODEL, dtype=None, r
     from .convert import resolve_model  # a folder that is not a converted checkpoint is converted once
 
     return Pipeline.from_folder(resolve_model(path_or_repo, revision, bits, group_size, mixed), dtype=dtype)
+
+
+def pipeline_for(pipeline: Pipeline | None, model, loras=(), scheduler: str | None = None, steps: int = 1,
+                 dtype=None) -> Pipeline:
+    """`pipeline` itself, or `model` loaded with the LoRAs, scheduler, steps and dtype (see `load_pipeline`),
+    for render, preview, live and compose. Those shape a model as it loads, so a loaded `pipeline` takes
+    none of them (they would be ignored): MusicvizError names them."""
+    if pipeline is None:
+        return load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
+    given = [name for name, unset in (("loras", not loras), ("scheduler", scheduler is None),
+                                      ("steps", steps is None or (not isinstance(steps, bool) and steps == 1)),
+                                      ("dtype", dtype is None or (isinstance(dtype, str) and dtype == "auto")))
+             if not unset]
+    if given:
+        one = len(given) == 1
+        raise MusicvizError(f"{' and '.join(given)} {'shapes' if one else 'shape'} a model as it loads: give "
+                            f"{'it' if one else 'them'} to load_pipeline, not beside pipeline=")
+    return pipeline

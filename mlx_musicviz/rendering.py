@@ -22,7 +22,7 @@ import numpy as np
 from .audio import analyze, short_window
 from .checks import check_audio, check_dtype, check_fps, check_inputs, frame_size
 from .errors import MusicvizError
-from .loading import load_pipeline
+from .loading import pipeline_for
 from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL
 from .scheduler import check_scheduler
@@ -165,6 +165,8 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
     scheduler: another scheduler's one step than the model's, e.g. "lcm" or "tcd:800" (see `load_pipeline`);
         steps: LCM's or Euler's number of steps (each a UNet call). dtype: the compute dtype (None: the
         device's, float16 on a GPU and float32 on the CPU; see `load_pipeline`).
+    pipeline: a loaded Pipeline to render with instead of loading `model` (it then takes no loras,
+        scheduler, steps or dtype: give those to `load_pipeline`).
     Raises MusicvizError with a one-line message on bad input; never leaves a partial file at `output`
     (an interrupted render keeps its finished segments in a hidden folder beside it, and says so in a
     note on the exception).
@@ -193,7 +195,7 @@ def render(audio, prompt: str, *, output=None, note_prompts=None, section_prompt
         times["analysis"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
+        pipe = pipeline_for(pipeline, model, loras, scheduler, steps, dtype)
         vae = pipe.vae_name(vae)  # "auto" named, so that a resume matches what the frames were made with
         pipe.vae_for(vae)  # a model without that VAE says so now, not after the first batch
         times["load"] = time.perf_counter() - t

@@ -72,9 +72,8 @@ def check_steps(scheduler: str | None, steps) -> int:
 
 def _check_multistep(class_name: str, steps: int) -> None:
     if class_name not in MULTISTEP:
-        raise MusicvizError(f"{steps} steps need a scheduler that samples in several here: lcm (LCM-LoRA's), euler "
-                            f"(SD-Turbo's) or euler_a (SDXL-Turbo's), as scheduler=\"lcm\" or --scheduler lcm; "
-                            f"{class_name} takes one step")
+        raise MusicvizError(f"{steps} steps need a scheduler that takes several: lcm (LCM-LoRA's), euler (SD-Turbo's) "
+                            f"or euler_a (SDXL-Turbo's), by --scheduler or scheduler=; {class_name} takes one step")
 
 
 def check_scheduler(scheduler: str | None, steps=1) -> int:

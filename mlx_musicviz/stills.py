@@ -16,7 +16,7 @@ from .audio import NOTE_NAMES
 from .checks import check_dtype, check_inputs, frame_size
 from .errors import MusicvizError
 from .files import atomic_output, check_output_path
-from .loading import load_pipeline
+from .loading import pipeline_for
 from .note_prompts import default_note_prompts
 from .pipeline import DEFAULT_MODEL
 from .scheduler import check_scheduler
@@ -91,7 +91,7 @@ def preview(prompt: str, output="preview.png", *, notes: bool = False, note_prom
     prompts = [prompt]
     if notes or note_prompts is not None:
         prompts += list(note_prompts) if note_prompts is not None else default_note_prompts(prompt)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
+    pipe = pipeline_for(pipeline, model, loras, scheduler, steps, dtype)
     images = preview_images(pipe, prompts, size, seed, batch_size, vae)
     picture = contact_sheet(images, ["base: " + prompt] + [f"{n}: {p}" for n, p in zip(NOTE_NAMES, prompts[1:])]) \
         if len(prompts) > 1 else Image.fromarray(images[0])

@@ -301,7 +301,7 @@ def test_api_progress_and_sample_rates_that_cannot_work_are_one_line(tmp_path):
                                          (["--scheduler", "tcd:soon"], "must be a whole number, got 'soon'"),
                                          (["--scheduler", "lcm:1000"], "must be from 0 to 999, got 1000"),
                                          (["--steps", "3"], "PNDMScheduler takes one step"),
-                                         (["--scheduler", "tcd", "--steps", "2"], "samples in several here"),
+                                         (["--scheduler", "tcd", "--steps", "2"], "TCDScheduler takes one step"),
                                          (["--scheduler", "lcm", "--steps", "0"], "steps must be a whole number from 1 to 8")])
 def test_a_bad_scheduler_is_one_line(tmp_path, args, needle):
     refused(tmp_path, [str(TRUMPET), "-p", "x", *args], needle)

@@ -409,6 +409,8 @@ def test_levels_may_be_compiled_and_bad_ones_are_one_line():
     from mlx_musicviz.errors import MusicvizError
 
     BenchConfig(levels=("float32", "float16+compile", "4bit+compile")).check()
+    with pytest.raises(MusicvizError, match="no level to time"):
+        BenchConfig(levels=()).check()
     for bad in ("float32+fast", "float16+compile+compile", "8bit+"):
         with pytest.raises(MusicvizError, match="unknown level"):
             BenchConfig(levels=(bad,)).check()

@@ -296,5 +296,8 @@ def test_the_compute_dtype_is_the_devices_unless_told_and_the_progress_line_name
     r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--size", "64", "--duration", "0.5",
             "--dtype", "bfloat16", "-o", str(tmp_path / "v.mp4"))
     assert r.returncode == 0 and "frames (bfloat16)" in r.stderr, r.stderr
+    assert "warning: bfloat16 compute on the CPU" in r.stderr and "UserWarning" not in r.stderr  # one line, no source
+    with pytest.raises(MusicvizError, match="steps and dtype shape a model as it loads"):  # not silently ignored
+        render(TRUMPET, "x", output=tmp_path / "w.mp4", pipeline=load_pipeline("random:tiny"), dtype="float16", steps=2)
     r = cli("render", str(TRUMPET), "-p", "x", "--model", "random:tiny", "--dtype", "half", "-o", str(tmp_path / "w.mp4"))
     assert r.returncode != 0 and "'half' is not one of 'auto', 'float32', 'float16', 'bfloat16'" in r.stderr

@@ -44,6 +44,8 @@ class BenchConfig:
         cannot time."""
         from ..pipeline import VAE_CHOICES
 
+        if not self.levels:
+            raise MusicvizError(f"no level to time: give one or more of {', '.join(LEVELS)}")
         unknown = [lv for lv in self.levels if base_level(lv) not in LEVELS or lv.count("+") > 1
                    or (lv != base_level(lv) and not lv.endswith(COMPILED))]
         if unknown:

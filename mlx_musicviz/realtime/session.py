@@ -16,7 +16,7 @@ from pathlib import Path
 from ..audio import analyze
 from ..checks import check_dtype, frame_size
 from ..errors import MusicvizError
-from ..loading import load_pipeline
+from ..loading import pipeline_for
 from ..pipeline import DEFAULT_MODEL
 from ..scheduler import check_scheduler
 from .engine import Generator, LiveSettings, SongFrames
@@ -114,8 +114,8 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
     if input is not None:
         if song is not None:
             raise MusicvizError("give a song or --input, not both")
-        _follow_input(input, settings, lambda: pipeline or load_pipeline(model, loras=loras, scheduler=scheduler,
-                                                                         steps=steps, dtype=dtype), size, fps, loop,
+        _follow_input(input, settings, lambda: pipeline_for(pipeline, model, loras, scheduler, steps, dtype), size, fps,
+                      loop,
                       lambda generator, state: _serve(loop, state, generator, None, host, port, open_browser, osc_port,
                                                       on_ready, stop))
         return
@@ -123,7 +123,7 @@ def live(song, prompt: str, *, input=None, model=DEFAULT_MODEL, size=256, fps: f
         raise MusicvizError("give a song to play, or --input for a live audio input")
     path = Path(song)
     features = analyze(path, fps=fps)
-    pipe = pipeline or load_pipeline(model, loras=loras, scheduler=scheduler, steps=steps, dtype=dtype)
+    pipe = pipeline_for(pipeline, model, loras, scheduler, steps, dtype)
     frames = SongFrames(pipe, features, settings, size=size, batch_size=batch_size)
     state = LiveState(frames.fps)
     generator = Generator(frames, lambda i, jpeg: loop.call_soon_threadsafe(state.add_frame, i, jpeg), ahead=ahead)
