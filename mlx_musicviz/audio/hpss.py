@@ -110,24 +110,26 @@ def _medians(mag: np.ndarray, median_rows) -> tuple[np.ndarray, np.ndarray]:
     return harm, perc
 
 
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices i of a row of n values, those outside mapped as scipy.ndimage's mode 'reflect' maps them
+    (d c b a | a b c d | d c b a), repeatedly for rows shorter than the reach."""
+    i = np.mod(i, 2 * n)
+    return np.where(i < n, i, 2 * n - 1 - i)
+
+
 def _percussive_at(mag: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
     """The largest percussive magnitude (HPSS, as `_medians` and `_soft_masks` give it) among the bins
     (rows, cols) of `mag` (frames, bins), whose rows are at least KERNEL // 2 frames from a block edge
     that is not the signal's."""
     h = KERNEL // 2
     offsets = np.arange(-h, h + 1)
-
-    def reflect(i, n):
-        i = np.mod(i, 2 * n)
-        return np.where(i < n, i, 2 * n - 1 - i)
-
     t_n, f_n = mag.shape
     best = 0.0
     chunk = 1 << 16  # bins at a time: their windows take 31 values each, twice
     for s in range(0, len(rows), chunk):
         r, c = rows[s:s + chunk], cols[s:s + chunk]
-        along_time = mag[reflect(r[:, None] + offsets, t_n), c[:, None]]
-        along_freq = mag[r[:, None], reflect(c[:, None] + offsets, f_n)]
+        along_time = mag[_reflect(r[:, None] + offsets, t_n), c[:, None]]
+        along_freq = mag[r[:, None], _reflect(c[:, None] + offsets, f_n)]
         harm = np.partition(along_time, h, axis=1)[:, h]
         perc = np.partition(along_freq, h, axis=1)[:, h]
         mask = np.empty(len(r), np.float32)
@@ -154,8 +156,7 @@ def _median_rows_np(x: np.ndarray, k: int, out: np.ndarray, transposed: bool) ->
 
     rows, n = x.shape
     h = k // 2
-    padded = np.arange(-h, n + h) % (2 * n)  # scipy's 'reflect' edges, repeated for rows shorter than h
-    padded = np.where(padded < n, padded, 2 * n - 1 - padded)
+    padded = _reflect(np.arange(-h, n + h), n)
     chunk = max(1, (1 << 22) // (n * k))  # rows whose windows (k values each) fill 16 MB
     for s in range(0, rows, chunk):
         med = np.partition(sliding_window_view(x[s:s + chunk][:, padded], k, axis=1), h, axis=-1)[..., h]
